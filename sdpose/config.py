@@ -1,0 +1,259 @@
+"""Typed parameters: params.yaml -> validated pydantic models, with `a.b=c` overrides.
+
+Every entry point (CLI, Prefect flow, DVC stage) loads parameters through `load_params`,
+so a bad value fails the same way everywhere: before any work starts, with the key named.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """Parameters that cannot be used; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthParams(_Section):
+    seed: int = 0
+    train_images: int = Field(600, ge=1)
+    val_images: int = Field(120, ge=1)
+    image_size: tuple[int, int] = (320, 256)  # width, height
+    max_people: int = Field(4, ge=1, le=8)
+    workers: int = Field(0, ge=0)  # 0 = one process per core
+
+    @model_validator(mode="after")
+    def _image_big_enough(self) -> SynthParams:
+        if min(self.image_size) < 64:
+            raise ValueError(f"image_size {list(self.image_size)} must be at least 64 pixels a side")
+        return self
+
+
+class DataParams(_Section):
+    source: Literal["synth", "coco"] = "synth"
+    root: Path = Path("data/raw/synth")
+    strict: bool = False
+
+
+class CropsParams(_Section):
+    encoding: Literal["jpeg", "raw"] = "jpeg"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    rows_per_shard: int = Field(512, ge=1)
+    context: float = Field(1.5, ge=1.0, le=3.0)
+
+
+class ModelParams(_Section):
+    preset: str = "sdpose-nano"
+    cycles: int | None = Field(None, ge=1, le=8)
+    dim: int | None = Field(None, ge=8)
+    depth: int | None = Field(None, ge=1)
+    heads: int | None = Field(None, ge=1)
+
+    def overrides(self) -> dict[str, int]:
+        """The architecture fields that differ from the preset."""
+        fields = ("cycles", "dim", "depth", "heads")
+        return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
+
+    @model_validator(mode="after")
+    def _resolves(self) -> ModelParams:
+        self.resolve()
+        return self
+
+    def resolve(self):  # -> sdpose.models.presets.ModelConfig
+        """The full architecture: the preset with the overrides applied and checked."""
+        from sdpose.models.presets import resolve_model_config  # torch-free module
+
+        return resolve_model_config(self.preset, **self.overrides())
+
+
+class AugmentParams(_Section):
+    flip_prob: float = Field(0.5, ge=0, le=1)
+    half_body_prob: float = Field(0.3, ge=0, le=1)
+    half_body_min_joints: int = Field(8, ge=0, le=17)
+    scale_factor: float = Field(0.35, ge=0, lt=1)
+    rotation_factor: float = Field(45.0, ge=0, le=180)
+    rotation_prob: float = Field(0.6, ge=0, le=1)
+    shift_factor: float = Field(0.16, ge=0, lt=1)
+    shift_prob: float = Field(0.3, ge=0, le=1)
+
+
+class TrainParams(_Section):
+    seed: int = 0
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_iters: int = Field(500, ge=0)
+    warmup_ratio: float = Field(0.001, gt=0, le=1)
+    lr_steps: list[int] = [9, 11]
+    lr_factor: float = Field(0.1, gt=0, le=1)
+    sigma: float = Field(2.0, gt=0)
+    token_distill_weight: float = Field(5e-6, ge=0)
+    heatmap_distill_weight: float = Field(0.0, ge=0)
+    detach_teacher: bool = False
+    amp: bool = True
+    retries: int = Field(1, ge=0)
+    max_failures: int = Field(2, ge=-1)
+    augment: AugmentParams = AugmentParams()
+
+    @model_validator(mode="after")
+    def _steps_increase(self) -> TrainParams:
+        if self.lr_steps != sorted(self.lr_steps):
+            raise ValueError(f"lr_steps {self.lr_steps} must be in increasing order")
+        return self
+
+
+class TuneParams(_Section):
+    num_samples: int = Field(4, ge=1)
+    max_epochs: int = Field(4, ge=1)
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: int = Field(2, ge=2)
+    scheduler: Literal["asha", "fifo"] = "asha"
+    time_budget_s: float = Field(3600, gt=0)
+    max_concurrent: int = Field(0, ge=0)
+    space: dict[str, dict[str, Any]] = {}
+
+    @model_validator(mode="after")
+    def _space_is_well_formed(self) -> TuneParams:
+        kinds = {"choice", "uniform", "loguniform", "randint"}
+        for key, spec in self.space.items():
+            if key.split(".")[0] not in ("model", "train"):
+                raise ValueError(f"space key {key!r} must be a model.* or train.* parameter")
+            if len(spec) != 1 or next(iter(spec)) not in kinds:
+                raise ValueError(f"space.{key} must be one of {sorted(kinds)}: {spec}")
+        return self
+
+
+class EvaluateParams(_Section):
+    boxes: Path | None = None
+    det_score_thr: float = Field(0.0, ge=0, le=1)
+    vis_thr: float = Field(0.2, ge=0, le=1)
+    oks_thr: float = Field(0.9, ge=0, le=1)
+    flip_test: bool = True
+    decode: Literal["dark", "argmax"] = "dark"
+
+
+class ExportParams(_Section):
+    opset: int = Field(17, ge=17)
+    atol: float = Field(1e-4, gt=0)
+
+
+class RayParams(_Section):
+    address: str = ""
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(0.5, gt=0)
+    storage_path: Path = Path("models/ray")
+    dashboard_host: str = "127.0.0.1"
+
+
+class RegistryParams(_Section):
+    tracking_uri: str = "sqlite:///mlruns.db"
+    experiment: str = "sdpose"
+    model_name: str = "sdpose-student"
+
+
+class Params(_Section):
+    """All of params.yaml."""
+
+    synth: SynthParams = SynthParams()
+    data: DataParams = DataParams()
+    crops: CropsParams = CropsParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    tune: TuneParams = TuneParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
+    ray: RayParams = RayParams()
+    registry: RegistryParams = RegistryParams()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML- and JSON-safe values (paths as strings, tuples as lists)."""
+        return self.model_dump(mode="json")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=c` -> ("a.b", YAML value of c)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like key=value (for example model.dim=64)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({error})") from error
+    return key.strip(), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict; a key that passes through a non-mapping is an error."""
+    merged = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        node = merged
+        *parents, leaf = dotted.split(".")
+        for depth, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                prefix = ".".join(parents[: depth + 1])
+                raise ConfigError(f"override {dotted}: {prefix} is a value, not a section")
+            node = child
+        # tune.space keys contain dots themselves: `tune.space.model.dim=...` is not supported,
+        # edit params.yaml for the search space.
+        node[leaf] = value
+    return merged
+
+
+def validate_params(raw: dict[str, Any], source: str = "params") -> Params:
+    """Validate a params mapping; errors name the source and every failing key."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, source)) from None
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        field = re.match(r"^(\w+): (.*)$", message, re.S)
+        if field and item["type"] == "value_error":  # "dim: must be ..." -> model.dim
+            key, message = f"{key}.{field.group(1)}", field.group(2)
+        if item["type"] == "extra_forbidden":
+            message = "unknown parameter (check the spelling against params.yaml)"
+        lines.append(f"{key}: {message}")
+    return f"{source}: invalid parameters\n  " + "\n  ".join(lines)
+
+
+def load_params(
+    path: Path | str = DEFAULT_PARAMS, overrides: list[str] | dict[str, Any] | None = None
+) -> Params:
+    """Read params.yaml (missing file: all defaults), apply overrides, validate."""
+    path = Path(path)
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from error
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    if isinstance(overrides, list):
+        overrides = dict(parse_override(text) for text in overrides)
+    source = str(path) + (" with overrides" if overrides else "")
+    return validate_params(apply_overrides(raw, overrides or {}), source)
+
+
+def dump_params(params: Params) -> str:
+    """The resolved parameters as YAML, for `sdpose config show` and run records."""
+    return yaml.safe_dump(params.to_dict(), sort_keys=False)

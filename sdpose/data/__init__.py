@@ -1,0 +1,1 @@
+"""Datasets: COCO keypoint ingestion, the synthetic dataset, manifests, crops and augmentation."""

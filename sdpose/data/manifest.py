@@ -1,0 +1,73 @@
+"""The prepared-instance manifest: one Parquet row per person instance.
+
+This schema is the contract between `prepare` (writer) and `crops` (reader); the schema
+version and the image root travel in the Parquet metadata so a reader can refuse a file
+written by an incompatible version instead of misreading it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = "1"
+
+SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.int64(), nullable=False),
+        pa.field("ann_id", pa.int64(), nullable=False),  # detector boxes: -(1 + index)
+        pa.field("file_name", pa.string(), nullable=False),  # relative to the image root
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("bbox", pa.list_(pa.float32(), 4), nullable=False),  # x, y, w, h
+        pa.field("center", pa.list_(pa.float32(), 2), nullable=False),  # original pixels
+        pa.field("scale", pa.list_(pa.float32(), 2), nullable=False),  # box w, h x 1.25
+        pa.field("keypoints", pa.list_(pa.float32(), 51), nullable=False),  # x, y, v
+        pa.field("num_keypoints", pa.int32(), nullable=False),
+        pa.field("area", pa.float32(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),  # 1 for ground truth boxes
+        pa.field("split", pa.string(), nullable=False),
+    ]
+)
+
+META_VERSION = b"sdpose.schema_version"
+META_IMAGE_ROOT = b"sdpose.image_root"
+
+
+class ManifestError(ValueError):
+    """A manifest file that cannot be used; the message names the file."""
+
+
+def write_manifest(rows: list[dict] | pa.Table, path: Path, image_root: Path) -> Path:
+    """Write rows atomically: a crash leaves the old file or none, never a partial one."""
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=SCHEMA)
+    table = table.cast(SCHEMA).replace_schema_metadata(
+        {META_VERSION: SCHEMA_VERSION.encode(), META_IMAGE_ROOT: str(image_root).encode()}
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(path: Path) -> tuple[pa.Table, Path]:
+    """Read a manifest and its image root, checking the schema version."""
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as error:
+        raise ManifestError(f"{path}: not a readable Parquet manifest ({error})") from error
+    meta = table.schema.metadata or {}
+    version = meta.get(META_VERSION, b"").decode()
+    if version != SCHEMA_VERSION:
+        raise ManifestError(
+            f"{path}: manifest schema version {version or 'missing'!r}, expected "
+            f"{SCHEMA_VERSION!r}; rerun `sdpose prepare`"
+        )
+    missing = [name for name in SCHEMA.names if name not in table.schema.names]
+    if missing:
+        raise ManifestError(f"{path}: manifest lacks the columns {missing}")
+    return table, Path(meta.get(META_IMAGE_ROOT, b".").decode())
