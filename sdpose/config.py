@@ -36,7 +36,9 @@ class SynthParams(_Section):
     @model_validator(mode="after")
     def _image_big_enough(self) -> SynthParams:
         if min(self.image_size) < 64:
-            raise ValueError(f"image_size {list(self.image_size)} must be at least 64 pixels a side")
+            raise ValueError(
+                f"image_size {list(self.image_size)} must be at least 64 pixels a side"
+            )
         return self
 
 
@@ -105,12 +107,12 @@ class TrainParams(_Section):
     amp: bool = True
     retries: int = Field(1, ge=0)
     max_failures: int = Field(2, ge=-1)
-    augment: AugmentParams = AugmentParams()
+    augment: AugmentParams = Field(default_factory=AugmentParams)
 
     @model_validator(mode="after")
     def _steps_increase(self) -> TrainParams:
         if self.lr_steps != sorted(self.lr_steps):
-            raise ValueError(f"lr_steps {self.lr_steps} must be in increasing order")
+            raise ValueError(f"lr_steps: {self.lr_steps} must be in increasing order")
         return self
 
 
@@ -129,9 +131,9 @@ class TuneParams(_Section):
         kinds = {"choice", "uniform", "loguniform", "randint"}
         for key, spec in self.space.items():
             if key.split(".")[0] not in ("model", "train"):
-                raise ValueError(f"space key {key!r} must be a model.* or train.* parameter")
+                raise ValueError(f"space: key {key!r} must be a model.* or train.* parameter")
             if len(spec) != 1 or next(iter(spec)) not in kinds:
-                raise ValueError(f"space.{key} must be one of {sorted(kinds)}: {spec}")
+                raise ValueError(f"space: {key} must be one of {sorted(kinds)}, got {spec}")
         return self
 
 
@@ -167,16 +169,16 @@ class RegistryParams(_Section):
 class Params(_Section):
     """All of params.yaml."""
 
-    synth: SynthParams = SynthParams()
-    data: DataParams = DataParams()
-    crops: CropsParams = CropsParams()
-    model: ModelParams = ModelParams()
-    train: TrainParams = TrainParams()
-    tune: TuneParams = TuneParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    export: ExportParams = ExportParams()
-    ray: RayParams = RayParams()
-    registry: RegistryParams = RegistryParams()
+    synth: SynthParams = Field(default_factory=SynthParams)
+    data: DataParams = Field(default_factory=DataParams)
+    crops: CropsParams = Field(default_factory=CropsParams)
+    model: ModelParams = Field(default_factory=ModelParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    tune: TuneParams = Field(default_factory=TuneParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    export: ExportParams = Field(default_factory=ExportParams)
+    ray: RayParams = Field(default_factory=RayParams)
+    registry: RegistryParams = Field(default_factory=RegistryParams)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML- and JSON-safe values (paths as strings, tuples as lists)."""

@@ -1,0 +1,1 @@
+"""Prefect orchestration of the sdpose stages; no ML logic lives here."""

@@ -1,0 +1,221 @@
+"""`sdpose` command line: one command per stage plus model and dataset utilities.
+
+Each command is a thin call of a library function; stage modules are imported lazily so
+that `sdpose config show` answers in a fraction of a second without importing Ray or torch.
+Exit status: 0 success, 2 bad input or parameters (the message names file, record or key),
+1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sdpose.config import ConfigError, Params, dump_params, load_params, parse_override
+
+# Stage commands: name -> (module with `run(params, workdir, **options)`, help).
+STAGES: dict[str, tuple[str, str]] = {
+    "synth": ("sdpose.data.synth", "write the synthetic COCO-format dataset"),
+    "prepare": ("sdpose.data.prepare", "validate COCO annotations, write Parquet manifests"),
+    "crops": ("sdpose.data.crops", "cut context crops into Parquet shards with Ray Data"),
+}
+
+
+def _add_params_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), help="parameter file (params.yaml)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter, dotted key and YAML value (repeatable): --set model.dim=64",
+    )
+
+
+def _params(args: argparse.Namespace) -> Params:
+    return load_params(args.params, args.overrides)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _run_stage(args: argparse.Namespace) -> int:
+    module = importlib.import_module(STAGES[args.command][0])
+    options = {key: getattr(args, key) for key in ("strict", "resume") if hasattr(args, key)}
+    options = {key: value for key, value in options.items() if value is not None}
+    summary = module.run(_params(args), Path.cwd(), **options)
+    _print_json(summary)
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    print(dump_params(_params(args)), end="")
+    return 0
+
+
+def _model_info(args: argparse.Namespace) -> int:
+    from sdpose.models.cost import model_info, model_info_table
+
+    if args.preset:
+        info = model_info(args.preset)
+        if args.json:
+            print(json.dumps(info))
+        else:
+            _print_table([info])
+        return 0
+    rows = model_info_table()
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        _print_table(rows)
+    return 0
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    columns = ["preset", "cycles", "params", "gflops", "gflops_with_attention", "gflops_train"]
+    print("  ".join(f"{name:>22}" if i else f"{name:<16}" for i, name in enumerate(columns)))
+    for row in rows:
+        cells = []
+        for i, name in enumerate(columns):
+            value = row.get(name, "")
+            text = f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"
+            if isinstance(value, str):
+                text = value
+            cells.append(f"{text:>22}" if i else f"{text:<16}")
+        print("  ".join(cells))
+
+
+def _convert_checkpoint(args: argparse.Namespace) -> int:
+    from sdpose.models.checkpoint import convert_official_checkpoint
+
+    _print_json(convert_official_checkpoint(args.src, args.dst, args.preset))
+    return 0
+
+
+def _coco_eval(args: argparse.Namespace) -> int:
+    from sdpose.evaluation import coco_keypoint_ap
+
+    stats = coco_keypoint_ap(args.annotations, args.results)
+    if args.json:
+        print(json.dumps(stats))
+    else:
+        for name, value in stats.items():
+            print(f"{name:>5}  {value:.4f}")
+    return 0
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from pipelines.local import configure_local_prefect
+
+    workdir = Path.cwd()
+    configure_local_prefect(workdir)
+    load_params(args.params, args.overrides)  # fail before Prefect starts on a bad value
+    from pipelines.flow import sdpose_flow
+
+    overrides = dict(parse_override(text) for text in args.overrides)
+    results = sdpose_flow(overrides=overrides, workdir=str(workdir))
+    for result in results:
+        print(f"{result['stage']:>10}: {'ran' if result['ran'] else 'up to date, skipped'}")
+    _print_where_to_look(workdir)
+    return 0
+
+
+def _print_where_to_look(workdir: Path) -> None:
+    print("\nWhere to look:")
+    for name, what in (
+        ("metrics/train.json", "training summary (student and teacher AP)"),
+        ("metrics/eval.json", "evaluation metrics"),
+        ("reports/eval.md", "evaluation report with plots"),
+        ("models/export/model_card.json", "the exported student and its registry version"),
+    ):
+        if (workdir / name).exists():
+            print(f"  {name:<32} {what}")
+    print("  mlflow ui --backend-store-uri sqlite:///mlruns.db   # the model registry")
+    print("  ray dashboard: printed by the train stage above (http://127.0.0.1:8265)")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pipelines.serve import serve
+
+    serve(Path.cwd())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sdpose", description="SDPose self-distilled pose estimation pipeline"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    config = commands.add_parser("config", help="show the resolved parameters")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    show = config_commands.add_parser("show", help="print the validated parameters as YAML")
+    _add_params_options(show)
+    show.set_defaults(handler=_config_show)
+
+    for name, (_, help_text) in STAGES.items():
+        stage = commands.add_parser(name, help=help_text)
+        _add_params_options(stage)
+        if name == "prepare":
+            stage.add_argument(
+                "--strict",
+                action="store_true",
+                default=None,
+                help="a bad annotation is an error instead of a skipped, reported record",
+            )
+        stage.set_defaults(handler=_run_stage)
+
+    info = commands.add_parser("model-info", help="parameters and GFLOPs of the presets")
+    info.add_argument("--preset", help="one preset (default: a table of all)")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(handler=_model_info)
+
+    convert = commands.add_parser(
+        "convert-checkpoint", help="official MMPose SDPose/TokenPose checkpoint to sdpose"
+    )
+    convert.add_argument("src", type=Path)
+    convert.add_argument("dst", type=Path)
+    convert.add_argument("--preset", required=True)
+    convert.set_defaults(handler=_convert_checkpoint)
+
+    pipeline = commands.add_parser(
+        "pipeline", help="run the whole Prefect flow locally (no server needed)"
+    )
+    _add_params_options(pipeline)
+    pipeline.set_defaults(handler=_pipeline)
+
+    serve = commands.add_parser("serve", help="serve the Prefect deployment sdpose/full-pipeline")
+    serve.set_defaults(handler=_serve)
+
+    coco_eval = commands.add_parser("coco-eval", help="COCO keypoint AP of a results file")
+    coco_eval.add_argument("annotations", type=Path)
+    coco_eval.add_argument("results", type=Path)
+    coco_eval.add_argument("--json", action="store_true")
+    coco_eval.set_defaults(handler=_coco_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except (ConfigError, ValueError, FileNotFoundError) as error:
+        print(f"sdpose {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sdpose {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
