@@ -104,6 +104,7 @@ class TrainParams(_Section):
     token_distill_weight: float = Field(5e-6, ge=0)
     heatmap_distill_weight: float = Field(0.0, ge=0)
     detach_teacher: bool = False
+    use_joint_weights: bool = False  # MMPose's COCO joint weights in the heatmap loss
     amp: bool = True
     retries: int = Field(1, ge=0)
     max_failures: int = Field(2, ge=-1)
