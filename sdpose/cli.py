@@ -82,15 +82,19 @@ def _model_info(args: argparse.Namespace) -> int:
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
     columns = ["preset", "cycles", "params", "gflops", "gflops_with_attention", "gflops_train"]
-    print("  ".join(f"{name:>22}" if i else f"{name:<16}" for i, name in enumerate(columns)))
+    # gflops: one-cycle inference multiply-adds (paper convention); train: all cycles.
+    print("  ".join(f"{name:>12}" if i else f"{name:<16}" for i, name in enumerate(columns)))
     for row in rows:
         cells = []
         for i, name in enumerate(columns):
             value = row.get(name, "")
-            text = f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"
-            if isinstance(value, str):
-                text = value
-            cells.append(f"{text:>22}" if i else f"{text:<16}")
+            if isinstance(value, float):
+                text = f"{value:,.3f}"
+            elif isinstance(value, int):
+                text = f"{value:,}"
+            else:
+                text = str(value)
+            cells.append(f"{text:>12}" if i else f"{text:<16}")
         print("  ".join(cells))
 
 

@@ -1,0 +1,163 @@
+"""The `synth` stage: a COCO-format person-keypoint dataset drawn procedurally.
+
+Writes `data/raw/synth/images/*.jpg` and `annotations/person_keypoints_{train,val}.json`
+with COCO's schema and person category. Each image is seeded from (seed, split, index)
+alone, so the output is the same for any number of worker processes; generation runs on a
+process pool over chunks of image indices. The whole tree is built under a temporary name
+and swapped in at the end (`atomic.staged_directory`), so an interrupted run never leaves a
+complete-looking dataset.
+
+Labelling choices (documented because COCO's guide leaves room): v=2 visible, v=1 inside
+the image but hidden by another person, an object or the person's own trunk, v=0 at (0, 0)
+outside [0, W-1] x [0, H-1]; nose and eyes are labelled only when they face the camera and
+ears unless turned away, so a back view has no face labels (as COCO annotators do); people
+showing fewer than 24 x 24 pixels get no keypoints (COCO skipped small people too), so
+training and AP ignore them. `area` is the visible silhouette's pixel count and
+`segmentation` its RLE; `bbox` is the silhouette's box grown to hold every labelled
+keypoint. Coordinates follow OpenCV's pixel centres (pixel i covers [i - 0.5, i + 0.5)).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from sdpose.config import Params
+from sdpose.data.atomic import staged_directory
+from sdpose.data.keypoints import PERSON_CATEGORY
+from sdpose.data.synth_scene import render_scene
+
+SYNTH_DIR = Path("data/raw/synth")
+SPLIT_CODES = {"train": 0, "val": 1}
+# Image ids of val start here so both splits can share one images/ folder, as COCO's do.
+VAL_ID_BASE = 1_000_000_000
+ANNOTATIONS_PER_IMAGE = 10  # ann id = image id * 10 + person index (max_people <= 8)
+CHUNK = 16  # images per pool task: enough to amortise the task overhead
+
+
+def image_id(split: str, index: int) -> int:
+    return (VAL_ID_BASE if split == "val" else 0) + index + 1
+
+
+def generate_image(
+    seed: int, split: str, index: int, size: tuple[int, int], max_people: int, images_dir: Path
+) -> tuple[dict, list[dict]]:
+    """Draw, encode and write one image; return its COCO image record and annotations."""
+    rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
+    width, height = size
+    scene = render_scene(rng, width, height, max_people)
+    ident = image_id(split, index)
+    file_name = f"{ident:012d}.jpg"
+    quality = int(rng.integers(82, 96))
+    ok, encoded = cv2.imencode(".jpg", scene.image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError(f"JPEG encoding failed for synthetic image {file_name}")
+    encoded.tofile(images_dir / file_name)
+    record = {"license": 0, "file_name": file_name, "height": height, "width": width, "id": ident}
+    annotations = [
+        {**annotation, "image_id": ident, "id": ident * ANNOTATIONS_PER_IMAGE + person}
+        for person, annotation in enumerate(scene.annotations)
+    ]
+    return record, annotations
+
+
+def _generate_chunk(args: tuple) -> list[tuple[dict, list[dict]]]:
+    seed, split, indices, size, max_people, images_dir = args
+    cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
+    return [generate_image(seed, split, i, size, max_people, images_dir) for i in indices]
+
+
+def generate_splits(
+    counts: dict[str, int],
+    *,
+    seed: int,
+    size: tuple[int, int],
+    max_people: int,
+    images_dir: Path,
+    workers: int = 1,
+) -> dict[str, dict]:
+    """All images of the given splits -> split -> COCO annotation dict (images in index
+    order). One process pool serves every split, so workers start only once."""
+    images_dir.mkdir(parents=True, exist_ok=True)
+    chunks = [
+        (seed, split, range(start, min(start + CHUNK, count)), size, max_people, images_dir)
+        for split, count in counts.items()
+        for start in range(0, count, CHUNK)
+    ]
+    if workers <= 1 or len(chunks) == 1:
+        results = [_generate_chunk(chunk) for chunk in chunks]
+    else:
+        # spawn: safe inside threaded callers (Prefect, Ray drivers), unlike fork
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            results = list(pool.map(_generate_chunk, chunks))
+    documents = {}
+    for split in counts:
+        done = [
+            item
+            for chunk, items in zip(chunks, results, strict=True)
+            if chunk[1] == split
+            for item in items
+        ]
+        annotations = [ann for _, anns in done for ann in anns]
+        documents[split] = coco_document(split, [record for record, _ in done], annotations)
+    return documents
+
+
+def generate_split(split: str, count: int, **settings) -> dict:
+    """One split's COCO annotation dict; settings as for `generate_splits`."""
+    return generate_splits({split: count}, **settings)[split]
+
+
+def coco_document(split: str, images: list[dict], annotations: list[dict]) -> dict:
+    """The top-level structure of COCO's person_keypoints_*.json."""
+    return {
+        "info": {
+            "description": f"sdpose synthetic people ({split})",
+            "version": "1.0",
+            "year": 2024,
+            "contributor": "sdpose",
+        },
+        "licenses": [{"id": 0, "name": "generated by sdpose", "url": ""}],
+        "images": images,
+        "annotations": annotations,
+        "categories": [PERSON_CATEGORY],
+    }
+
+
+def default_workers(requested: int) -> int:
+    """`synth.workers`: 0 means one process per available core."""
+    if requested > 0:
+        return requested
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def run(params: Params, workdir: Path) -> dict:
+    """The synth stage: build data/raw/synth under `workdir`; returns counts."""
+    settings = params.synth
+    workers = default_workers(settings.workers)
+    summary: dict = {"workers": workers}
+    with staged_directory(Path(workdir) / SYNTH_DIR) as staging:
+        documents = generate_splits(
+            {"train": settings.train_images, "val": settings.val_images},
+            seed=settings.seed,
+            size=tuple(settings.image_size),
+            max_people=settings.max_people,
+            images_dir=staging / "images",
+            workers=workers,
+        )
+        (staging / "annotations").mkdir()
+        for split, document in documents.items():
+            path = staging / "annotations" / f"person_keypoints_{split}.json"
+            path.write_text(json.dumps(document, separators=(",", ":")))
+            summary[f"{split}_images"] = len(document["images"])
+            summary[f"{split}_people"] = len(document["annotations"])
+    return summary
