@@ -23,6 +23,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "synth": ("sdpose.data.synth", "write the synthetic COCO-format dataset"),
     "prepare": ("sdpose.data.prepare", "validate COCO annotations, write Parquet manifests"),
     "crops": ("sdpose.data.crops", "cut context crops into Parquet shards with Ray Data"),
+    "evaluate": ("sdpose.evaluate", "COCO AP of every cycle, cost and latency; the report"),
+    "export": ("sdpose.export", "ONNX of the one-cycle student, model card, MLflow registration"),
 }
 
 
@@ -154,6 +156,30 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from sdpose.predict import predict
+
+    summary = predict(args.images, args.boxes, args.model, args.out, _params(args), Path.cwd())
+    _print_json(summary)
+    return 0
+
+
+def _registry_list(args: argparse.Namespace) -> int:
+    from sdpose.registry import list_versions
+
+    rows = list_versions(_params(args), Path.cwd())
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no registered versions yet: run `sdpose export`")
+    for row in rows:
+        ap = "-" if row["student_ap"] is None else f"{row['student_ap']:.4f}"
+        flag = "  <- champion" if row["champion"] else ""
+        print(f"v{row['version']:<4} student AP {ap:>7}  {row.get('preset') or '':<16}{flag}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdpose", description="SDPose self-distilled pose estimation pipeline"
@@ -199,6 +225,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve the Prefect deployment sdpose/full-pipeline")
     serve.set_defaults(handler=_serve)
+
+    predict = commands.add_parser("predict", help="keypoints and overlays for images")
+    _add_params_options(predict)
+    predict.add_argument("images", type=Path, nargs="+")
+    predict.add_argument(
+        "--boxes", type=Path, help="COCO detection-results json (default: whole image)"
+    )
+    predict.add_argument("--model", help="ONNX path or models:/sdpose-student@champion")
+    predict.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
+    predict.set_defaults(handler=_predict)
+
+    registry = commands.add_parser("registry", help="the MLflow model registry")
+    registry_commands = registry.add_subparsers(dest="registry_command", required=True)
+    listing = registry_commands.add_parser("list", help="registered students and the champion")
+    _add_params_options(listing)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_registry_list)
 
     coco_eval = commands.add_parser("coco-eval", help="COCO keypoint AP of a results file")
     coco_eval.add_argument("annotations", type=Path)
