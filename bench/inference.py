@@ -1,0 +1,147 @@
+"""Inference cost of the deployed student: ONNX Runtime against eager PyTorch.
+
+What ships is `models/export/sdpose-student.onnx`, one cycle of sdpose-t; the official code
+instead runs every training cycle at inference and keeps the first output. For sdpose-t at
+batch 1 and 8 with 1 and 2 threads this prints the median latency of: the ONNX Runtime
+student, the eager PyTorch student (one cycle) and the eager all-cycles forward (the
+baseline), the speed-up against that baseline, and the student's achieved GFLOP/s against
+the machine's own single-precision matmul rate (its practical limit, measured here in the
+same interleaved loop, so that it sees the same load).
+
+Work is counted as 2 x every multiply-add of the one-cycle forward, attention products
+included (`gflops_with_attention`), since the hardware executes them all. Latencies are
+medians of interleaved runs; rates use each function's fastest run, as the matmul figure
+does, so that a busy machine biases both sides alike.
+
+Goals: the ONNX student >= 3x faster than the all-cycles forward, and >= 80% of the
+matmul rate.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sdpose.export import export_onnx
+from sdpose.models import build_model
+from sdpose.models.cost import model_info
+
+PRESET = "sdpose-t"
+THREADS = (1, 2)
+BATCHES = (1, 8)
+SPEEDUP_GOAL, EFFICIENCY_GOAL = 3.0, 0.80
+GEMM_SIZE = 1536  # 7.2 GFLOP: about as long as a batch-1 student forward on one core
+
+
+def timings(functions: list[Callable[[], object]], repeats: int, warmup: int = 2) -> list[list]:
+    """Seconds of each call of each function, interleaved so that load slows all alike."""
+    for function in functions * warmup:
+        function()
+    times: list[list[float]] = [[] for _ in functions]
+    for _ in range(repeats):
+        for index, function in enumerate(functions):
+            start = time.perf_counter()
+            function()
+            times[index].append(time.perf_counter() - start)
+    return times
+
+
+def gemm(size: int = GEMM_SIZE) -> Callable[[], object]:
+    """One fp32 GEMM of size^3: this machine's practical limit, timed beside the models."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return lambda: torch.mm(a, b)
+
+
+def onnx_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def measure(model, onnx_path: Path, threads: int, batch: int) -> dict[str, list[float]]:
+    torch.set_num_threads(threads)
+    session = onnx_session(onnx_path, threads)
+    images = torch.randn(batch, 3, 256, 192)
+    array = images.numpy()
+
+    def onnx_student() -> None:
+        session.run(["heatmaps"], {"images": array})
+
+    def eager_student() -> None:
+        with torch.inference_mode():
+            model(images, cycles=1)
+
+    def eager_all_cycles() -> None:
+        with torch.inference_mode():
+            model(images, cycles=model.config.cycles)
+
+    names = ("onnx student", "eager student", "eager all cycles", "matmul")
+    functions = [onnx_student, eager_student, eager_all_cycles, gemm()]
+    runs = timings(functions, repeats=15 if batch == 1 else 6)
+    return dict(zip(names, runs, strict=True))
+
+
+def main() -> None:
+    load, cores = os.getloadavg()[0], os.cpu_count()
+    print(f"torch {torch.__version__}, load average {load:.1f} on {cores} cores")
+    info = model_info(PRESET)
+    flops = 2e9 * info["gflops_with_attention"]  # per image
+    model = build_model(PRESET).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        onnx_path = Path(folder) / "student.onnx"
+        export_onnx(model, onnx_path, parity_batches=(1,))
+        print(
+            f"{PRESET}: {info['cycles']} cycles, {flops / 1e9:.2f} GFLOP per image (one cycle, "
+            f"attention included), ONNX parity checked"
+        )
+        header = f"{'thr':>3}{'batch':>6}  {'function':<18}{'median ms':>10}{'best ms':>9}"
+        print(f"\n{header}{'GFLOP/s':>9}{'% matmul':>9}{'x faster than all cycles':>26}")
+        verdicts = []
+        for threads in THREADS:
+            for batch in BATCHES:
+                runs = measure(model, onnx_path, threads, batch)
+                peak = 2 * GEMM_SIZE**3 / min(runs.pop("matmul")) / 1e9
+                baseline = statistics.median(runs["eager all cycles"])
+                print(f"{threads:>3}{batch:>6}  matmul fp32 {GEMM_SIZE}^3: {peak:.1f} GFLOP/s")
+                for name, series in runs.items():
+                    median, best = statistics.median(series), min(series)
+                    rate = flops * batch / best / 1e9 if "student" in name else float("nan")
+                    share = rate / peak
+                    print(
+                        f"{threads:>3}{batch:>6}  {name:<18}{1000 * median:>10.1f}"
+                        f"{1000 * best:>9.1f}{rate:>9.1f}"
+                        f"{'' if np.isnan(share) else f'{100 * share:.0f}%':>9}"
+                        f"{baseline / median:>26.2f}"
+                    )
+                onnx = runs["onnx student"]
+                verdicts.append(
+                    (
+                        threads,
+                        batch,
+                        baseline / statistics.median(onnx),
+                        flops * batch / min(onnx) / 1e9 / peak,
+                    )
+                )
+    print("\ngoals: ONNX student >= 3x faster than all cycles, >= 80% of the matmul rate")
+    for threads, batch, speedup, share in verdicts:
+        print(
+            f"  {threads} thread(s), batch {batch}: {speedup:.2f}x "
+            f"[{'met' if speedup >= SPEEDUP_GOAL else 'NOT met'}], {100 * share:.0f}% "
+            f"[{'met' if share >= EFFICIENCY_GOAL else 'NOT met'}]"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""MLflow model registry of exported students: every export a version, the best the champion.
+
+The `champion` alias is what deployments pull (`models:/sdpose-student@champion`), so it
+moves only when a new version's student AP beats the champion's on the same val set: a
+regression, or a number measured on other data, can never take the slot. The tracking
+store defaults to a SQLite file and the artifacts to a folder, both under the workdir, so
+a project folder carries its own registry and nothing is set globally (no
+`mlflow.set_tracking_uri`): every call builds its own client.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sdpose.config import Params
+
+CHAMPION = "champion"
+ARTIFACT_DIR = "model"  # run artifact folder holding the ONNX file and the model card
+ONNX_NAME = "sdpose-student.onnx"
+CARD_NAME = "model_card.json"
+SQLITE_PREFIX = "sqlite:///"
+
+
+class RegistryError(RuntimeError):
+    """The registry cannot answer (unknown model or alias, missing artifact)."""
+
+
+def tracking_uri(params: Params, workdir: Path) -> str:
+    """`registry.tracking_uri` with a relative SQLite path resolved against the workdir.
+
+    SQLAlchemy would resolve `sqlite:///mlruns.db` against the process's current folder;
+    a stage must not depend on where it was started from.
+    """
+    uri = params.registry.tracking_uri
+    if uri.startswith(SQLITE_PREFIX):
+        path = Path(uri[len(SQLITE_PREFIX) :])
+        if not path.is_absolute():
+            path = Path(workdir).resolve() / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return SQLITE_PREFIX + str(path)
+    if "://" not in uri:  # a bare folder: MLflow's file store
+        return str((Path(workdir) / uri).resolve())
+    return uri
+
+
+def _client(params: Params, workdir: Path):  # -> mlflow.MlflowClient
+    from mlflow import MlflowClient  # heavy import, only when the registry is used
+
+    uri = tracking_uri(params, workdir)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _experiment_id(client, params: Params, workdir: Path) -> str:
+    """The experiment, created with its artifacts under the workdir (not the process cwd)."""
+    experiment = client.get_experiment_by_name(params.registry.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifacts = (Path(workdir).resolve() / "mlartifacts").as_uri()
+    return client.create_experiment(params.registry.experiment, artifact_location=artifacts)
+
+
+def _float_tag(version, key: str) -> float | None:
+    value = (version.tags or {}).get(key)
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def current_champion(params: Params, workdir: Path, client=None):  # -> ModelVersion | None
+    """The version holding the champion alias, or None (no model or no alias yet)."""
+    from mlflow.exceptions import MlflowException
+
+    client = client or _client(params, workdir)
+    try:
+        return client.get_model_version_by_alias(params.registry.model_name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def register_student(
+    params: Params,
+    workdir: Path,
+    onnx_path: Path,
+    card: dict[str, Any],
+    metrics: dict[str, float],
+    val_set: str,
+    score_on_current_val: Callable[[Path], float] | None = None,
+) -> dict[str, Any]:
+    """Log a run with the ONNX file, card and metrics; register it; move the alias if better.
+
+    `metrics["student_ap"]` is the comparison key and `val_set` a fingerprint of the data it
+    was measured on. When the champion was measured on another val set, its AP means
+    nothing here: `score_on_current_val(champion_onnx)` re-measures it if given, otherwise
+    the champion stays (a version is never promoted on an incomparable number).
+    Returns {version, student_ap, champion (bool), previous_champion, reason}.
+    """
+    if "student_ap" not in metrics or not math.isfinite(metrics["student_ap"]):
+        raise ValueError(f"metrics must hold a finite student_ap to register; got {metrics}")
+    client = _client(params, workdir)
+    name = params.registry.model_name
+    run_id = _log_run(client, params, workdir, onnx_path, card, metrics, val_set)
+    _ensure_registered_model(client, name)
+    artifact_uri = client.get_run(run_id).info.artifact_uri
+    tags = {"student_ap": repr(float(metrics["student_ap"])), "val_set": val_set}
+    tags |= {key: str(card[key]) for key in ("preset", "cycles", "params", "gflops") if key in card}
+    version = client.create_model_version(
+        name, f"{artifact_uri}/{ARTIFACT_DIR}", run_id=run_id, tags=tags
+    )
+    champion = current_champion(params, workdir, client)
+    promote, reason, champion_ap = _should_promote(
+        params, workdir, champion, metrics["student_ap"], val_set, score_on_current_val
+    )
+    if promote:
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+    return {
+        "model_name": name,
+        "version": int(version.version),
+        "run_id": run_id,
+        "student_ap": float(metrics["student_ap"]),
+        "champion": promote,
+        "previous_champion": int(champion.version) if champion else None,
+        "previous_champion_ap": champion_ap,
+        "reason": reason,
+    }
+
+
+def _should_promote(
+    params: Params,
+    workdir: Path,
+    champion,
+    student_ap: float,
+    val_set: str,
+    score_on_current_val: Callable[[Path], float] | None,
+) -> tuple[bool, str, float | None]:
+    """(promote, why, the champion's AP it was compared with)."""
+    if champion is None:
+        return True, "first version with a student AP: it becomes the champion", None
+    champion_ap = _float_tag(champion, "student_ap")
+    if (champion.tags or {}).get("val_set") != val_set:
+        if score_on_current_val is None:
+            return False, f"champion v{champion.version} was measured on another val set", None
+        champion_ap = float(score_on_current_val(load_onnx(params, workdir, champion.version)))
+    if champion_ap is None or student_ap > champion_ap:
+        return True, f"student AP {student_ap:.4f} beats champion's {champion_ap}", champion_ap
+    return (
+        False,
+        f"student AP {student_ap:.4f} does not beat champion v{champion.version} "
+        f"({champion_ap:.4f}); the champion stays",
+        champion_ap,
+    )
+
+
+def _log_run(client, params, workdir, onnx_path, card, metrics, val_set) -> str:
+    run = client.create_run(
+        _experiment_id(client, params, workdir),
+        run_name=f"export-{card.get('preset', 'student')}",
+        tags={"sdpose.stage": "export", "sdpose.val_set": val_set},
+    )
+    run_id = run.info.run_id
+    for key, value in metrics.items():
+        if isinstance(value, int | float) and math.isfinite(value):
+            client.log_metric(run_id, key, float(value))
+    for key, value in (card.get("training_params") or {}).items():
+        client.log_param(run_id, key, json.dumps(value) if isinstance(value, dict) else value)
+    client.log_artifact(run_id, str(onnx_path), ARTIFACT_DIR)
+    client.log_dict(run_id, card, f"{ARTIFACT_DIR}/{CARD_NAME}")
+    client.set_terminated(run_id)
+    return run_id
+
+
+def _ensure_registered_model(client, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(
+            name, description="SDPose one-cycle student (ONNX), heatmaps N x 17 x 64 x 48"
+        )
+
+
+def list_versions(params: Params, workdir: Path) -> list[dict[str, Any]]:
+    """Every registered version, newest first: version, student AP, champion flag, ..."""
+    client = _client(params, workdir)
+    name = params.registry.model_name
+    champion = current_champion(params, workdir, client)
+    champion_version = champion.version if champion else None
+    versions = client.search_model_versions(f"name = '{name}'")
+    rows = [
+        {
+            "version": int(version.version),
+            "student_ap": _float_tag(version, "student_ap"),
+            "champion": version.version == champion_version,
+            "preset": (version.tags or {}).get("preset"),
+            "gflops": _float_tag(version, "gflops"),
+            "val_set": (version.tags or {}).get("val_set"),
+            "run_id": version.run_id,
+            "created": version.creation_timestamp,
+            "source": version.source,
+        }
+        for version in versions
+    ]
+    return sorted(rows, key=lambda row: -row["version"])
+
+
+def load_onnx(params: Params, workdir: Path, version_or_uri: str | int) -> Path:
+    """The local ONNX file of a version: `models:/NAME@ALIAS`, `models:/NAME/3` or `3`.
+
+    A local (file:) artifact store is read in place; a remote one is downloaded next to the
+    tracking store.
+    """
+    client = _client(params, workdir)
+    version = _resolve_version(client, params.registry.model_name, version_or_uri)
+    source = client.get_model_version_download_uri(version.name, version.version)
+    if source.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        folder = Path(unquote(urlparse(source).path))
+    else:
+        import mlflow.artifacts
+
+        destination = Path(workdir) / "models" / "registry" / f"{version.name}-v{version.version}"
+        destination.mkdir(parents=True, exist_ok=True)
+        folder = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=source,
+                dst_path=str(destination),
+                tracking_uri=tracking_uri(params, workdir),
+            )
+        )
+    path = folder / ONNX_NAME
+    if not path.is_file():
+        raise RegistryError(f"{version.name} v{version.version}: no {ONNX_NAME} in {folder}")
+    return path
+
+
+def _resolve_version(client, default_name: str, version_or_uri: str | int):
+    from mlflow.exceptions import MlflowException
+
+    text = str(version_or_uri)
+    name, reference = default_name, text
+    if text.startswith("models:/"):
+        body = text[len("models:/") :]
+        name, sep, reference = body.partition("@") if "@" in body else body.partition("/")
+        if not sep or not reference:
+            raise RegistryError(f"{text}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+        reference = "@" + reference if sep == "@" else reference
+    try:
+        if reference.startswith("@"):
+            return client.get_model_version_by_alias(name, reference[1:])
+        return client.get_model_version(name, reference)
+    except MlflowException as error:
+        raise RegistryError(f"{text}: no such registered model version ({error})") from None

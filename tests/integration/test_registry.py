@@ -1,0 +1,173 @@
+"""The MLflow registry on a real SQLite store: the champion alias moves only on improvement,
+and `models:/sdpose-student@champion` gives back the champion's ONNX file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from sdpose import registry
+from sdpose.config import Params
+from sdpose.export import export_onnx
+from sdpose.models import build_model
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(scope="module")
+def students(tmp_path_factory) -> list[Path]:
+    """Two real exported students with different weights (told apart by their output)."""
+    folder = tmp_path_factory.mktemp("students")
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        path = folder / f"seed{seed}" / "sdpose-student.onnx"
+        export_onnx(build_model("sdpose-nano"), path, parity_batches=(1,))
+        paths.append(path)
+    return paths
+
+
+def register(workdir: Path, onnx: Path, ap: float, val_set: str = "val-A", **kwargs) -> dict:
+    card = {"preset": "sdpose-nano", "cycles": 2, "params": 1, "gflops": 0.15}
+    return registry.register_student(
+        Params(), workdir, onnx, card, {"student_ap": ap}, val_set, **kwargs
+    )
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_champion_moves_only_when_a_version_beats_it(students, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the relative SQLite path must follow the workdir, not cwd
+    workdir = tmp_path / "project"
+    first, other = students
+
+    assert register(workdir, first, 0.50)["champion"]  # the first version takes the slot
+    worse = register(workdir, other, 0.40)
+    tie = register(workdir, other, 0.50)
+    assert not worse["champion"] and not tie["champion"]
+    assert worse["previous_champion"] == 1 and worse["previous_champion_ap"] == 0.50
+    assert digest(registry.load_onnx(Params(), workdir, "models:/sdpose-student@champion")) == (
+        digest(first)
+    )
+
+    better = register(workdir, other, 0.61)
+    assert better["champion"] and better["version"] == 4
+    rows = registry.list_versions(Params(), workdir)
+    assert [row["version"] for row in rows] == [4, 3, 2, 1]
+    assert [row["champion"] for row in rows] == [True, False, False, False]
+    assert [row["student_ap"] for row in rows] == [0.61, 0.50, 0.40, 0.50]
+    assert (workdir / "mlruns.db").is_file() and not (elsewhere / "mlruns.db").exists()
+    assert (workdir / "mlartifacts").is_dir()
+
+
+def test_champion_loads_by_alias_through_mlflow(students, tmp_path, monkeypatch):
+    import mlflow.artifacts
+
+    workdir = tmp_path
+    register(workdir, students[0], 0.3)
+    register(workdir, students[1], 0.7)
+    ours = registry.load_onnx(Params(), workdir, "models:/sdpose-student@champion")
+    assert digest(ours) == digest(students[1])
+    # MLflow's own resolution of the URI finds the same file (it reads the registry URI
+    # from the environment, whatever registry_uri says).
+    uri = registry.tracking_uri(Params(), workdir)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    folder = mlflow.artifacts.download_artifacts(
+        artifact_uri="models:/sdpose-student@champion", dst_path=str(tmp_path / "download")
+    )
+    downloaded = Path(folder) / "sdpose-student.onnx"
+    assert digest(downloaded) == digest(students[1])
+    card = json.loads((Path(folder) / "model_card.json").read_text())
+    assert card["preset"] == "sdpose-nano"
+    session = ort.InferenceSession(str(downloaded), providers=["CPUExecutionProvider"])
+    images = np.zeros((2, 3, 256, 192), dtype=np.float32)
+    assert session.run(["heatmaps"], {"images": images})[0].shape == (2, 17, 64, 48)
+    assert digest(registry.load_onnx(Params(), workdir, "models:/sdpose-student/1")) == digest(
+        students[0]
+    )
+    with pytest.raises(registry.RegistryError, match="models:/sdpose-student@nobody"):
+        registry.load_onnx(Params(), workdir, "models:/sdpose-student@nobody")
+
+
+def test_a_champion_from_another_val_set_is_re_measured_before_it_is_compared(students, tmp_path):
+    register(tmp_path, students[0], 0.9, val_set="val-A")
+    # Higher AP on other data proves nothing: without a way to re-measure, the champion stays.
+    assert not register(tmp_path, students[1], 0.95, val_set="val-B")["champion"]
+    measured = []
+
+    def score(onnx_path: Path) -> float:
+        measured.append(digest(onnx_path))
+        return 0.7  # the champion's AP on val-B
+
+    outcome = register(tmp_path, students[1], 0.8, val_set="val-B", score_on_current_val=score)
+    assert measured == [digest(students[0])]
+    assert outcome["champion"] and outcome["previous_champion_ap"] == 0.7
+    outcome = register(tmp_path, students[0], 0.75, val_set="val-B")  # same val set now
+    assert not outcome["champion"] and outcome["previous_champion_ap"] == 0.8
+
+
+def test_predict_takes_a_registry_uri(students, tmp_path):
+    from sdpose.predict import predict
+
+    register(tmp_path, students[0], 0.5)
+    image = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+    image = image / "coco-val2017-sample" / "images" / "000000000785.jpg"
+    summary = predict(
+        [image], None, "models:/sdpose-student@champion", tmp_path / "out", Params(), tmp_path
+    )
+    assert digest(summary["model"]) == digest(students[0])
+    assert len(json.loads(Path(summary["results"]).read_text())) == 1
+
+
+def write_eval(workdir: Path, aps: dict[str, float], val_set: str = "val-A") -> None:
+    models = {name: {"student": {"AP": ap, "AP50": ap}} for name, ap in aps.items()}
+    path = workdir / "metrics" / "eval.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"val_set": val_set, "models": models}))
+
+
+def test_export_stage_registers_and_a_regression_never_takes_the_champion(tmp_path):
+    from sdpose import export
+    from sdpose.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    params = Params().to_dict()
+    save_checkpoint(
+        tmp_path / "models/train/best.pt", build_model("sdpose-nano"), epoch=3, params=params
+    )
+    write_eval(tmp_path, {"train": 0.40})
+    summary = export.run(Params(), tmp_path)
+    card = json.loads((tmp_path / "models/export/model_card.json").read_text())
+    assert summary["registry"]["champion"] and summary["registry"]["version"] == 1
+    assert card["student_ap"] == 0.40 and card["source_checkpoint"] == "models/train/best.pt"
+    assert card["epoch"] == 3 and card["exported_cycles"] == 1
+    assert card["training_params"] == {"model": params["model"], "train": params["train"]}
+
+    # A tuned model that evaluates better is the one exported, and it takes the slot.
+    save_checkpoint(tmp_path / "models/tune/best.pt", build_model("sdpose-nano", dim=32))
+    write_eval(tmp_path, {"train": 0.40, "tune": 0.45})
+    summary = export.run(Params(), tmp_path)
+    assert summary["registry"]["champion"] and summary["registry"]["version"] == 2
+    assert (
+        json.loads((tmp_path / "models/export/model_card.json").read_text())["architecture"]["dim"]
+        == 32
+    )
+
+    # A regression is registered (its record is kept) but the champion stays.
+    (tmp_path / "models/tune/best.pt").unlink()
+    write_eval(tmp_path, {"train": 0.30})
+    summary = export.run(Params(), tmp_path)
+    assert not summary["registry"]["champion"] and summary["registry"]["version"] == 3
+    rows = registry.list_versions(Params(), tmp_path)
+    assert [row["version"] for row in rows if row["champion"]] == [2]
