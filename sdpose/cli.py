@@ -23,6 +23,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "synth": ("sdpose.data.synth", "write the synthetic COCO-format dataset"),
     "prepare": ("sdpose.data.prepare", "validate COCO annotations, write Parquet manifests"),
     "crops": ("sdpose.data.crops", "cut context crops into Parquet shards with Ray Data"),
+    "train": ("sdpose.training", "self-distillation training with Ray Train"),
+    "tune": ("sdpose.tuning", "Ray Tune search over cycles and embedding size"),
     "evaluate": ("sdpose.evaluate", "COCO AP of every cycle, cost and latency; the report"),
     "export": ("sdpose.export", "ONNX of the one-cycle student, model card, MLflow registration"),
 }
@@ -201,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 default=None,
                 help="a bad annotation is an error instead of a skipped, reported record",
+            )
+        if name in ("train", "tune"):
+            stage.add_argument(
+                "--resume",
+                action="store_true",
+                default=None,
+                help="continue the interrupted run from its last checkpoint",
             )
         stage.set_defaults(handler=_run_stage)
 
