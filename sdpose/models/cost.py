@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from sdpose.models.mct import Attention, SDPose
+from sdpose.models.mct import Attention, PatchEmbedding, SDPose
 from sdpose.models.presets import PRESETS, ModelConfig, resolve_model_config
 
 Counter = Callable[[nn.Module, torch.Tensor, torch.Tensor], int]
@@ -54,6 +54,7 @@ MMCV_COUNTERS: dict[type, Counter] = {
     nn.LayerNorm: _norm,
     nn.ReLU: _elementwise,
     nn.Upsample: _elementwise,
+    PatchEmbedding: _linear,  # a Linear run as a strided conv: counted as the Linear it is
 }
 
 
