@@ -207,44 +207,48 @@ def _image_problem(image: dict, image_root: Path) -> tuple[str, str] | None:
 
 def _instance_row(ann: dict, image: dict, split: str) -> dict:
     box = clip_box(ann["bbox"], image["width"], image["height"])
-    center, scale = center_scale(box)
     area = ann.get("area")
     if not isinstance(area, (int, float)) or not np.isfinite(area) or area <= 0:
         area = box[2] * box[3]  # COCO's area is the mask's; the box is the best stand-in
-    return {
-        "image_id": image["id"],
-        "ann_id": ann["id"],
-        "file_name": image["file_name"],
-        "width": image["width"],
-        "height": image["height"],
-        "bbox": box,
-        "center": center.tolist(),
-        "scale": scale.tolist(),
-        "keypoints": [float(value) for value in ann["keypoints"]],
-        "num_keypoints": labelled_count(ann["keypoints"]),
-        "area": float(area),
-        "score": 1.0,
-        "split": split,
-    }
+    keypoints = [float(value) for value in ann["keypoints"]]
+    return _manifest_row(
+        image, ann["id"], box, keypoints, labelled_count(ann["keypoints"]), area, 1.0, split
+    )
 
 
 def _detection_row(index: int, det: dict, image: dict, split: str) -> dict:
     # The paper's protocol crops the detector's box as given (not clipped).
     box = [float(value) for value in det["bbox"]]
+    return _manifest_row(
+        image, -(1 + index), box, [0.0] * 51, 0, box[2] * box[3], float(det["score"]), split
+    )
+
+
+def _manifest_row(
+    image: dict,
+    ann_id: int,
+    box: list[float],
+    keypoints: list[float],
+    num_keypoints: int,
+    area: float,
+    score: float,
+    split: str,
+) -> dict:
+    """One row of the manifest schema; center and scale come from the box."""
     center, scale = center_scale(box)
     return {
         "image_id": image["id"],
-        "ann_id": -(1 + index),
+        "ann_id": ann_id,
         "file_name": image["file_name"],
         "width": image["width"],
         "height": image["height"],
         "bbox": box,
         "center": center.tolist(),
         "scale": scale.tolist(),
-        "keypoints": [0.0] * 51,
-        "num_keypoints": 0,
-        "area": box[2] * box[3],
-        "score": float(det["score"]),
+        "keypoints": keypoints,
+        "num_keypoints": num_keypoints,
+        "area": float(area),
+        "score": score,
         "split": split,
     }
 
