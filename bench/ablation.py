@@ -1,0 +1,118 @@
+"""Does self-distillation help? One-cycle baseline against the SDPose student, 3 seeds each.
+
+Trains, with the real `train` stage (Ray Train), on one synthetic dataset:
+- `tokenpose-nano`: the one-cycle baseline (same layers, no cycles, no distillation),
+- `sdpose-nano` with 2 cycles and with 3 cycles (the student is cycle 1 of those),
+with the same epochs, data and seeds (train.seed = 0, 1, 2: initialisation and
+augmentation), then prints the student AP of every run and each configuration's mean and
+spread (sample standard deviation), plus the teacher AP for reference. The student costs the
+same at inference in every row, so any AP difference is what the cycles bought in training.
+
+Usage: python bench/ablation.py [--epochs 10] [--train-images 300] [--val-images 60]
+       [--seeds 0 1 2] [--workdir DIR]   (the dataset is built once under DIR/data)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sdpose.config import Params, load_params
+
+# (label, model overrides): the baseline first
+CONFIGS: list[tuple[str, dict[str, Any]]] = [
+    ("tokenpose-nano (1 cycle)", {"model.preset": "tokenpose-nano"}),
+    ("sdpose-nano, 2 cycles", {"model.preset": "sdpose-nano", "model.cycles": 2}),
+    ("sdpose-nano, 3 cycles", {"model.preset": "sdpose-nano", "model.cycles": 3}),
+]
+
+
+def base_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Data and schedule shared by every run: lr steps at 70% and 90% of the epochs."""
+    steps = sorted({max(1, round(args.epochs * 0.7)), max(1, round(args.epochs * 0.9))})
+    return {
+        "synth.train_images": args.train_images,
+        "synth.val_images": args.val_images,
+        "train.epochs": args.epochs,
+        "train.lr_steps": [step for step in steps if step < args.epochs],
+        "train.warmup_iters": 50,
+    }
+
+
+def build_dataset(params: Params, root: Path) -> None:
+    """synth -> prepare -> crops once; every run reads the same crops."""
+    from sdpose.data import crops, prepare, synth
+
+    if (root / "data" / "crops" / "summary.json").exists():
+        return
+    for stage in (synth, prepare, crops):
+        stage.run(params, root)
+
+
+def train_once(root: Path, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
+    """One run of the train stage in its own working directory (data shared by symlink)."""
+    from sdpose.training import run
+
+    workdir = Path(tempfile.mkdtemp(prefix="ablation-", dir=root))
+    try:
+        (workdir / "data").symlink_to(root / "data")
+        params = load_params(workdir / "params.yaml", {**overrides, "train.seed": seed})
+        return run(params, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def spread(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--train-images", type=int, default=300)
+    parser.add_argument("--val-images", type=int, default=60)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/sdpose-ablation"))
+    args = parser.parse_args()
+
+    from sdpose.ray_runtime import ray_session
+
+    root = args.workdir.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    shared = base_overrides(args)
+    params = load_params(root / "params.yaml", shared)
+    started = time.perf_counter()
+    rows = []
+    with ray_session(params.ray):  # one Ray for the dataset and all nine runs
+        build_dataset(params, root)
+        for label, model in CONFIGS:
+            runs = [train_once(root, {**shared, **model}, seed) for seed in args.seeds]
+            rows.append((label, runs))
+            student = [run["student_ap"] for run in runs]
+            print(f"{label:<26} student AP per seed {[round(ap, 4) for ap in student]}", flush=True)
+
+    print(
+        f"\n{args.epochs} epochs, {args.train_images} train / {args.val_images} val images, "
+        f"seeds {args.seeds}, {time.perf_counter() - started:.0f} s in all"
+    )
+    print(
+        f"{'configuration':<26} {'student AP':>11} {'spread':>7} {'teacher AP':>11} {'vs base':>8}"
+    )
+    baseline = statistics.mean(run["student_ap"] for run in rows[0][1])
+    for label, runs in rows:
+        student = [run["student_ap"] for run in runs]
+        teacher = statistics.mean(run["teacher_ap"] for run in runs)
+        mean = statistics.mean(student)
+        print(
+            f"{label:<26} {mean:>11.4f} {spread(student):>7.4f} {teacher:>11.4f} "
+            f"{mean - baseline:>+8.4f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""The Ray Datasets that feed training and validation from the crop shards.
+
+train: read shards -> map_batches(decode crop, random shift/flip/half-body/scale/rotation,
+warp to 256x192, normalise, encode heatmap targets). The dataset is lazy, so every pass
+re-executes the random step: Ray Train's `get_dataset_shard("train").iter_torch_batches()`
+in each epoch gets fresh augmentation without materialising anything (Ray's guidance for
+random transforms); memory is bounded by Ray's object-store budget, not the dataset size.
+
+Seeding: sample i of epoch e draws from rng(train.seed, e, ann_id_i), so a sample's
+augmentation repeats exactly whatever the block layout or worker count. e = `epoch` + the
+number of earlier complete passes over this Dataset object (Ray Data's own execution index,
+which it also uses to reseed file shuffles). Build with `epoch=start_epoch` when resuming
+(also after a Ray Train worker-group restart: pass a callable that rebuilds it); `take` or
+`show` on the same object count as passes. Shard order is shuffled per pass; rows within a
+shard come grouped by image, so consumers should mix with `local_shuffle_buffer_size`.
+
+Batch columns: images (N, 3, 256, 192) float32 ImageNet-normalised RGB, target
+(N, 17, 64, 48) float32, target_weight (N, 17) float32, ann_id (N,) int64; validation adds
+center, scale (N, 2) original pixels, image_id, score, area.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from sdpose.codec import HeatmapCodec, apply_affine, invert_affine
+from sdpose.config import AugmentParams, Params
+from sdpose.data.augment import (
+    AffineToInput,
+    Sample,
+    apply_transforms,
+    normalize_images,
+    sample_rng,
+    train_transforms,
+)
+from sdpose.data.crops import decode_crop, fixed_list_column
+
+if TYPE_CHECKING:
+    import ray.data
+
+BATCH_ROWS = 32  # ~26 MB of float32 output per batch: big enough to amortise, small to stream
+NUM_KEYPOINTS = 17
+BLOCK_BYTES = 16 << 20
+
+
+def crop_shards(workdir: Path, split: str) -> list[str]:
+    """The shard files of a split, refusing output that `sdpose crops` did not finish."""
+    root = Path(workdir) / "data" / "crops"
+    summary = root / "summary.json"
+    if not summary.exists():
+        raise FileNotFoundError(
+            f"{summary} missing: crops are absent or incomplete; run `sdpose crops`"
+        )
+    if split not in json.loads(summary.read_text()).get("splits", {}):
+        raise FileNotFoundError(f"{summary}: no split {split!r}; run `sdpose crops`")
+    return [str(path) for path in sorted((root / split).glob("part-*.parquet"))]
+
+
+def train_dataset(params: Params, workdir: Path, epoch: int = 0) -> ray.data.Dataset:
+    """Augmented training samples; the first pass is `epoch`, each later pass the next."""
+    import ray
+    from ray.data import FileShuffleConfig
+
+    file_order = FileShuffleConfig(seed=_mix(params.train.seed, epoch))  # reseeded per pass
+    ds = ray.data.read_parquet(crop_shards(workdir, "train"), shuffle=file_order)
+    ds = _in_small_blocks(ds).map_batches(
+        augment_batch,
+        batch_size=BATCH_ROWS,
+        batch_format="pyarrow",
+        fn_kwargs={
+            "augment": params.train.augment,
+            "seed": params.train.seed,
+            "epoch": epoch,
+            "sigma": params.train.sigma,
+        },
+    )
+    return _small_block_bytes(ds)
+
+
+def val_dataset(params: Params, workdir: Path, split: str = "val") -> ray.data.Dataset:
+    """Validation samples (`val`, or `val_det` for detector boxes): warped, not augmented."""
+    import ray
+
+    ds = ray.data.read_parquet(crop_shards(workdir, split))
+    ds = _in_small_blocks(ds).map_batches(
+        val_batch,
+        batch_size=BATCH_ROWS,
+        batch_format="pyarrow",
+        fn_kwargs={"sigma": params.train.sigma},
+    )
+    return _small_block_bytes(ds)
+
+
+def _in_small_blocks(ds: ray.data.Dataset) -> ray.data.Dataset:
+    """Blocks of one batch each, so every CPU gets augmentation work.
+
+    Ray packs Parquet files into ~128 MB read tasks: a small dataset would be one block and
+    one augmentation task. The streaming repartition splits blocks without a barrier.
+    """
+    return ds.repartition(target_num_rows_per_block=BATCH_ROWS)
+
+
+def _small_block_bytes(ds: ray.data.Dataset) -> ray.data.Dataset:
+    """Cap this dataset's blocks at BLOCK_BYTES (Ray's default is 128 MB).
+
+    Reads then stream a shard in pieces instead of holding a 128 MB bin per task, and
+    batches leave the workers sooner: peak memory per worker drops, whatever the size.
+    """
+    ds.context.target_max_block_size = BLOCK_BYTES
+    return ds
+
+
+# --------------------------------------------------------------------------- batch UDFs
+def augment_batch(
+    rows: pa.Table, augment: AugmentParams, seed: int, epoch: int, sigma: float
+) -> dict[str, np.ndarray]:
+    """Crop rows -> augmented, normalised inputs with heatmap targets (see module doc)."""
+    cv2.setNumThreads(1)  # one Ray task per CPU already
+    epoch += _pass_index()
+    codec = HeatmapCodec(sigma=sigma)
+    transforms = train_transforms(augment, codec)
+    ann_ids = rows.column("ann_id").to_numpy()
+    samples = [
+        apply_transforms(sample, transforms, sample_rng(seed, epoch, ann_id))
+        for sample, ann_id in zip(crop_samples(rows), ann_ids, strict=True)
+    ]
+    return {**_inputs_and_targets(samples, codec), "ann_id": ann_ids}
+
+
+def val_batch(rows: pa.Table, sigma: float) -> dict[str, np.ndarray]:
+    """Crop rows -> inputs of the unaugmented box, targets, and what evaluation maps back."""
+    cv2.setNumThreads(1)
+    codec = HeatmapCodec(sigma=sigma)
+    warp = AffineToInput(codec)
+    samples = [warp(sample) for sample in crop_samples(rows)]
+    batch = _inputs_and_targets(samples, codec)
+    for name in ("center", "scale"):
+        batch[name] = fixed_list_column(rows, name, 2).astype(np.float32)
+    for name in ("image_id", "ann_id", "score", "area"):
+        batch[name] = rows.column(name).to_numpy()
+    return batch
+
+
+def crop_samples(rows: pa.Table) -> list[Sample]:
+    """Crop rows -> augmentation samples in crop pixels (fields: sdpose.data.augment)."""
+    keypoints = fixed_list_column(rows, "keypoints", NUM_KEYPOINTS * 3).reshape(
+        -1, NUM_KEYPOINTS, 3
+    )
+    centers, scales = fixed_list_column(rows, "center", 2), fixed_list_column(rows, "scale", 2)
+    to_image = fixed_list_column(rows, "crop_to_image", 6).reshape(-1, 2, 3)
+    crops = rows.column("crop").to_pylist()
+    heights = rows.column("crop_height").to_pylist()
+    widths = rows.column("crop_width").to_pylist()
+    encodings = rows.column("encoding").to_pylist()
+    samples = []
+    for i in range(rows.num_rows):
+        center, scale = box_in_crop(centers[i], scales[i], to_image[i])
+        samples.append(
+            {
+                "image": decode_crop(crops[i], heights[i], widths[i], encodings[i]),
+                "keypoints": keypoints[i, :, :2].copy(),
+                "visible": (keypoints[i, :, 2] > 0).astype(np.float64),
+                "center": center,
+                "scale": scale,
+            }
+        )
+    return samples
+
+
+def box_in_crop(
+    center: np.ndarray, scale: np.ndarray, crop_to_image: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A box (original pixels) in crop pixels; crops are axis-aligned, so this is exact."""
+    crop_center = apply_affine(center, invert_affine(crop_to_image))
+    return crop_center, scale / np.diag(crop_to_image[:, :2])
+
+
+# --------------------------------------------------------------------------- helpers
+def _inputs_and_targets(samples: list[Sample], codec: HeatmapCodec) -> dict[str, np.ndarray]:
+    in_h, in_w = codec.input_size
+    hm_h, hm_w = codec.heatmap_size
+    if not samples:
+        return {
+            "images": np.zeros((0, 3, in_h, in_w), np.float32),
+            "target": np.zeros((0, NUM_KEYPOINTS, hm_h, hm_w), np.float32),
+            "target_weight": np.zeros((0, NUM_KEYPOINTS), np.float32),
+        }
+    keypoints = np.stack([sample["keypoints"] for sample in samples])
+    visible = np.stack([sample["visible"] for sample in samples])
+    target, target_weight = codec.encode(keypoints, visible)
+    images = normalize_images(np.stack([sample["image"] for sample in samples]))
+    return {"images": images, "target": target, "target_weight": target_weight}
+
+
+def _pass_index() -> int:
+    """How many complete passes over this Dataset came before the running one.
+
+    Ray Data counts them in the DataContext it ships with every task (private field, also
+    behind FileShuffleConfig's reseeding); 0 if a future Ray drops it.
+    """
+    from ray.data import DataContext
+
+    return int(getattr(DataContext.get_current(), "_execution_idx", 0))
+
+
+def _mix(*values: int) -> int:
+    """A 31-bit seed from ints, stable across processes (unlike hash() of a str)."""
+    return int(np.random.SeedSequence([v & 0xFFFF_FFFF for v in values]).generate_state(1)[0]) >> 1

@@ -1,0 +1,245 @@
+"""The `evaluate` stage: accuracy of every cycle, cost and latency of the trained models.
+
+SDPose's claim is that the one-cycle student is nearly as good as its all-cycles teacher
+at the price of one cycle; this stage measures exactly that for the best trained and the
+best tuned model (whichever exist): COCO AP of each cycle on the val crops (ground-truth
+or detector boxes, `evaluate.boxes`), with the official test protocol of
+`sdpose.training.validate` (flip test, DARK, rescoring, OKS-NMS, pycocotools), plus params,
+GFLOPs and measured latency. Outputs: metrics/eval.json, reports/eval.md and its PNGs.
+
+The val crops are decoded in this process with the feed's own `val_batch` rather than
+through a Ray Dataset: evaluation is one sequential pass whose cost is the network, and a
+Ray start would cost more than the decoding it parallelises on small val sets.
+
+Shapes: N persons, K keypoints, C cycles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from sdpose.codec import HeatmapCodec
+from sdpose.config import Params
+from sdpose.export import CANDIDATES
+from sdpose.models.outputs import CycleOutput
+from sdpose.training import validate
+
+BATCH_ROWS = 32
+METRICS_FILE = Path("metrics/eval.json")
+REPORTS_DIR = Path("reports")
+
+
+@dataclass(frozen=True)
+class ValSet:
+    """What the models are measured on: a crop split, its ground truth, and a fingerprint
+    of both plus the scoring protocol (the registry compares APs only on equal ones)."""
+
+    split: str  # "val" (ground-truth boxes) or "val_det" (detector boxes)
+    annotations: Path
+    boxes: str
+    instances: int
+    fingerprint: str
+
+
+def val_set(params: Params, workdir: Path) -> ValSet:
+    """The val split of `params` under `workdir`, fingerprinted."""
+    from sdpose.data.feed import crop_shards
+    from sdpose.data.prepare import split_paths
+
+    annotations, _ = split_paths(params.data.source, params.data.root, "val")
+    annotations = annotations if annotations.is_absolute() else Path(workdir) / annotations
+    if not annotations.is_file():
+        raise FileNotFoundError(f"{annotations}: val annotations not found (data.root)")
+    split = "val" if params.evaluate.boxes is None else "val_det"
+    image_ids, ann_ids = [], []
+    for shard in crop_shards(workdir, split):
+        table = pq.read_table(shard, columns=["image_id", "ann_id"])
+        image_ids += table.column("image_id").to_pylist()
+        ann_ids += table.column("ann_id").to_pylist()
+    pairs = sorted(zip(image_ids, ann_ids, strict=True))
+    digest = hashlib.sha256(annotations.read_bytes())
+    protocol = params.evaluate.model_dump(mode="json", exclude={"boxes"})
+    digest.update(json.dumps({"split": split, "pairs": pairs, "protocol": protocol}).encode())
+    boxes = "ground truth" if params.evaluate.boxes is None else str(params.evaluate.boxes)
+    return ValSet(split, annotations, boxes, len(pairs), digest.hexdigest()[:16])
+
+
+def val_batches(params: Params, workdir: Path, split: str) -> Iterator[dict[str, torch.Tensor]]:
+    """The val crops as tensors: images, center, scale, image_id, score, ... (feed's batch)."""
+    from sdpose.data.feed import crop_shards, val_batch
+
+    for shard in crop_shards(workdir, split):
+        table = pq.read_table(shard)
+        for start in range(0, table.num_rows, BATCH_ROWS):
+            batch = val_batch(table.slice(start, BATCH_ROWS), params.train.sigma)
+            yield {name: torch.from_numpy(np.asarray(value)) for name, value in batch.items()}
+
+
+def evaluate_cycles(
+    model: nn.Module, params: Params, workdir: Path, val: ValSet, device: str = "cpu"
+) -> tuple[list[dict[str, float]], list[dict]]:
+    """COCO figures of each cycle (C dicts) and the student's (cycle 1) COCO results.
+
+    One forward with `cycles=C` gives every cycle's heatmaps; each cycle is then decoded
+    and scored on its own.
+    """
+    codec = HeatmapCodec(sigma=params.train.sigma)
+    cycles = model.config.cycles
+    found = [validate.Predictions() for _ in range(cycles)]
+    with torch.no_grad():
+        for batch in val_batches(params, workdir, val.split):
+            images = batch["images"].to(device)
+            maps = validate.cycle_heatmaps(model, images, cycles, codec, params.evaluate.flip_test)
+            center, scale = batch["center"].to(device), batch["scale"].to(device)
+            for predictions, heatmaps in zip(found, maps, strict=True):
+                keypoints = validate.decode_to_image(
+                    heatmaps, center, scale, codec, params.evaluate.decode
+                )
+                predictions.add(batch, keypoints)
+    scored = [_score(predictions, val.annotations, params) for predictions in found]
+    return [stats for stats, _ in scored], scored[0][1]
+
+
+def _score(
+    predictions: validate.Predictions, annotations: Path, params: Params
+) -> tuple[dict[str, float], list[dict]]:
+    from sdpose.evaluation import coco_keypoint_ap, topdown_results
+
+    if len(predictions) == 0:
+        return coco_keypoint_ap(annotations, []), []
+    results = topdown_results(
+        np.concatenate(predictions.image_ids),
+        np.concatenate(predictions.keypoints),
+        np.concatenate(predictions.box_scores),
+        np.concatenate(predictions.areas),
+        vis_thr=params.evaluate.vis_thr,
+        oks_thr=params.evaluate.oks_thr,
+    )
+    return coco_keypoint_ap(annotations, results), results
+
+
+class OnnxStudent:
+    """An ONNX student behind the model interface `validate` expects (one cycle)."""
+
+    def __init__(self, onnx_path: Path) -> None:
+        from sdpose.predict import onnx_runner
+
+        self.runner, _ = onnx_runner(onnx_path)
+        self.config = SimpleNamespace(cycles=1)
+
+    def __call__(self, images: torch.Tensor, cycles: int = 1) -> list[CycleOutput]:
+        heatmaps = torch.from_numpy(self.runner(np.ascontiguousarray(images.cpu().numpy())))
+        return [CycleOutput(heatmaps, None, None)]  # tokens are not part of the file
+
+
+def onnx_student_ap(params: Params, workdir: Path, onnx_path: Path) -> float:
+    """AP of an exported student on the current val set (the registry's re-measurement)."""
+    val = val_set(params, workdir)
+    stats, _ = evaluate_cycles(OnnxStudent(onnx_path), params, workdir, val)
+    return stats[0]["AP"]
+
+
+def measure_latency(
+    model: nn.Module, cycles: int, batch: int = 1, repeats: int = 10, device: str = "cpu"
+) -> float:
+    """Median milliseconds of one eager forward of `cycles` cycles (after 2 warm-up runs)."""
+    images = torch.randn(batch, 3, *model.config.input_size, device=device)
+    timings = []
+    with torch.no_grad():
+        for index in range(repeats + 2):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            model(images, cycles=cycles)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if index >= 2:
+                timings.append((time.perf_counter() - started) * 1000)
+    return statistics.median(timings)
+
+
+def evaluate_checkpoint(
+    checkpoint: Path, params: Params, workdir: Path, val: ValSet, device: str
+) -> tuple[dict[str, Any], list[dict]]:
+    """eval.json's entry of one model, and its student's COCO results (for drawing)."""
+    from sdpose.models.checkpoint import load_checkpoint
+    from sdpose.models.cost import model_info
+
+    model, _ = load_checkpoint(checkpoint)
+    model = model.to(device).eval()
+    per_cycle, student_results = evaluate_cycles(model, params, workdir, val, device)
+    info = model_info(model.config)
+    cycles = model.config.cycles
+    entry = {
+        "checkpoint": str(checkpoint.relative_to(workdir)),
+        "preset": model.config.name,
+        "config": model.config.to_dict(),
+        "cycles": cycles,
+        "params": info["params"],
+        "gflops": info["gflops"],
+        "gflops_train": info["gflops_train"],
+        "latency_ms": {
+            "device": device,
+            "threads": torch.get_num_threads(),
+            "student_batch1": measure_latency(model, 1, device=device),
+            "all_cycles_batch1": measure_latency(model, cycles, device=device),
+        },
+        "student": per_cycle[0],
+        "teacher": per_cycle[-1],
+        "per_cycle": [{"cycle": index + 1, **stats} for index, stats in enumerate(per_cycle)],
+    }
+    return entry, student_results
+
+
+def run(params: Params, workdir: Path) -> dict[str, Any]:
+    """Evaluate models/train/best.pt and models/tune/best.pt (those present)."""
+    from sdpose.evaluation_report import write_report
+
+    workdir = Path(workdir)
+    present = {name: workdir / path for name, path in CANDIDATES.items()}
+    present = {name: path for name, path in present.items() if path.is_file()}
+    if not present:
+        raise FileNotFoundError(
+            f"{workdir / CANDIDATES['train']}: no model to evaluate; run `sdpose train` first"
+        )
+    device = "cuda" if params.ray.use_gpu and torch.cuda.is_available() else "cpu"
+    val = val_set(params, workdir)
+    models, drawings = {}, {}
+    for name, checkpoint in present.items():
+        models[name], drawings[name] = evaluate_checkpoint(checkpoint, params, workdir, val, device)
+    best = max(models, key=lambda name: models[name]["student"]["AP"])
+    evaluation = {
+        "val_set": val.fingerprint,
+        "split": val.split,
+        "boxes": val.boxes,
+        "annotations": str(val.annotations),
+        "instances": val.instances,
+        "protocol": params.evaluate.model_dump(mode="json"),
+        "best": best,
+        "student_ap": models[best]["student"]["AP"],
+        "models": models,
+    }
+    metrics_path = workdir / METRICS_FILE
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path.write_text(json.dumps(evaluation, indent=2) + "\n")
+    report = write_report(evaluation, drawings[best], workdir, workdir / REPORTS_DIR)
+    return {
+        "metrics": str(metrics_path),
+        "report": str(report),
+        "best": best,
+        "student_ap": evaluation["student_ap"],
+        **{f"{name}_ap_per_cycle": [c["AP"] for c in m["per_cycle"]] for name, m in models.items()},
+    }

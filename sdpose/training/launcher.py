@@ -1,0 +1,200 @@
+"""The `train` stage: a Ray Train TorchTrainer over the crops, and the files it leaves behind.
+
+The same call trains on two CPU cores or a GPU cluster: `ray.num_workers`, `ray.use_gpu`
+and `ray.cpus_per_worker` only change the ScalingConfig. Runs live under
+`<ray.storage_path>/<run name>`; the name is stable (RUN_NAME), which is what lets Ray Train
+V2 pick up the latest checkpoint of an interrupted run when the driver starts again
+(`resume=True`). A fresh run removes the previous run's folder first, so it never continues
+by accident. Worker failures are retried from the last checkpoint `train.max_failures` times.
+
+Outputs (DESIGN.md's stage table): models/train/{best.pt, last.pt, config.json},
+metrics/train.json, metrics/train_history.csv, reports/train_curves.png.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdpose.config import Params
+from sdpose.data.prepare import split_paths
+from sdpose.training.history import plot_history, write_history_csv, write_json
+from sdpose.training.loop import BEST_FILE, STATE_FILE, train_loop_per_worker
+
+RUN_NAME = "sdpose-train"
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    """Every file the stage reads or writes, resolved against the working directory."""
+
+    annotations: Path
+    storage: Path
+    models: Path
+    metrics: Path
+    history: Path
+    curves: Path
+
+    @classmethod
+    def under(cls, workdir: Path, params: Params) -> TrainPaths:
+        workdir = Path(workdir).resolve()
+        annotations, _ = split_paths(params.data.source, params.data.root, "val")
+        return cls(
+            annotations=_resolve(workdir, annotations),
+            storage=_resolve(workdir, params.ray.storage_path),
+            models=workdir / "models" / "train",
+            metrics=workdir / "metrics" / "train.json",
+            history=workdir / "metrics" / "train_history.csv",
+            curves=workdir / "reports" / "train_curves.png",
+        )
+
+
+def _resolve(workdir: Path, path: Path) -> Path:
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else workdir / path
+
+
+def run(
+    params: Params,
+    workdir: Path,
+    resume: bool = False,
+    placement_strategy: str = "PACK",
+) -> dict[str, Any]:
+    """Train (or resume) the run; write the outputs; return the summary of metrics/train.json.
+
+    `placement_strategy` is Ray's: PACK fills a node before the next, SPREAD puts workers
+    on different nodes (one worker per machine).
+    """
+    from sdpose.ray_runtime import ray_session
+
+    workdir = Path(workdir).resolve()
+    paths = TrainPaths.under(workdir, params)
+    _check_annotations(paths)
+    run_dir = paths.storage / RUN_NAME
+    last_epoch = latest_checkpoint_epoch(run_dir) if resume else -1
+    if last_epoch < 0:  # a fresh run: never continue an old one by accident
+        shutil.rmtree(run_dir, ignore_errors=True)
+    started = time.perf_counter()
+    ray_info: dict[str, Any] = {}
+    if last_epoch + 1 >= params.train.epochs:  # resuming a run that had already finished
+        summary = outputs_from_checkpoint(run_dir / f"epoch-{last_epoch:04d}", paths, params)
+    else:
+        with ray_session(params.ray) as ray_info:
+            if ray_info.get("dashboard_url"):
+                print(f"Ray dashboard: {ray_info['dashboard_url']}", file=sys.stderr, flush=True)
+            trainer = build_trainer(params, workdir, paths, last_epoch + 1, placement_strategy)
+            result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"{run_dir}: the run finished without a checkpoint")
+        with result.checkpoint.as_directory() as folder:
+            summary = outputs_from_checkpoint(Path(folder), paths, params)
+    summary |= {
+        "wall_time_s": time.perf_counter() - started,
+        "resumed_after_epoch": last_epoch if last_epoch >= 0 else None,
+        "run_dir": str(run_dir),
+        "dashboard_url": ray_info.get("dashboard_url", ""),
+    }
+    write_json(summary, paths.metrics)
+    return summary
+
+
+def latest_checkpoint_epoch(run_dir: Path) -> int:
+    """The last epoch with a complete checkpoint (epoch-NNNN/state.pt) in a run; -1 if none."""
+    epochs = [
+        int(folder.name.removeprefix("epoch-"))
+        for folder in run_dir.glob("epoch-*")
+        if folder.name.removeprefix("epoch-").isdigit()
+        and (folder / STATE_FILE).is_file()
+        and (folder / BEST_FILE).is_file()
+    ]
+    return max(epochs, default=-1)
+
+
+def _check_annotations(paths: TrainPaths) -> None:
+    if not paths.annotations.is_file():
+        raise FileNotFoundError(
+            f"{paths.annotations}: validation annotations not found (data.root); "
+            "the train stage scores COCO AP against them"
+        )
+
+
+def build_trainer(
+    params: Params,
+    workdir: Path,
+    paths: TrainPaths,
+    first_epoch: int = 0,
+    placement_strategy: str = "PACK",
+):
+    """The TorchTrainer: gloo on CPU, NCCL on GPU, the train split sharded across workers.
+
+    `first_epoch` seeds the augmentation of the first pass (the feed counts passes on).
+    """
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from sdpose.data import feed
+
+    resources = {"CPU": params.ray.cpus_per_worker}
+    if params.ray.use_gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"params": params.to_dict(), "annotations": str(paths.annotations)},
+        torch_config=TorchConfig(backend="nccl" if params.ray.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=params.ray.num_workers,
+            use_gpu=params.ray.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=placement_strategy,
+        ),
+        run_config=RunConfig(
+            name=RUN_NAME,
+            storage_path=str(paths.storage),
+            failure_config=FailureConfig(max_failures=params.train.max_failures),
+            # the latest checkpoint (for restarts) and one before it, in case the latest is
+            # being written when a node dies; the best student travels in every checkpoint
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={
+            "train": feed.train_dataset(params, workdir, epoch=first_epoch),
+            "val": feed.val_dataset(params, workdir),
+        },
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def outputs_from_checkpoint(folder: Path, paths: TrainPaths, params: Params) -> dict[str, Any]:
+    """models/train, the history CSV and curves; returns the summary (without timings)."""
+    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    paths.models.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(folder / BEST_FILE, paths.models / BEST_FILE)
+    shutil.copyfile(folder / STATE_FILE, paths.models / "last.pt")
+    progress = state["progress"]
+    config = {"model": state["config"], "params": params.to_dict(), "run_name": RUN_NAME}
+    (paths.models / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    history = progress["history"]
+    write_history_csv(history, paths.history)
+    plot_history(history, paths.curves)
+    final = history[-1]
+    speeds = [row["samples_per_s"] for row in history]
+    return {
+        "epochs": len(history),
+        "student_ap": final["student_ap"],
+        "teacher_ap": final["teacher_ap"],
+        "best_student_ap": progress["best_ap"],
+        "best_epoch": progress["best_epoch"],
+        "samples_per_s": sum(speeds) / len(speeds),
+        "train_time_s": sum(row["epoch_time_s"] for row in history),
+        "restores": progress["restores"],
+        "nodes": len({worker["node_id"] for worker in progress["workers"]}),
+        "num_workers": params.ray.num_workers,
+        "model": state["config"]["name"],
+        "cycles": state["config"]["cycles"],
+    }

@@ -1,0 +1,111 @@
+"""What a search explores and how wide it may run: `tune.space` -> Ray Tune domains, a
+sampled trial -> validated `Params`, and the number of trials the cluster holds at once.
+
+Torch-free and Ray-light: the main process, the trial drivers and the tests all use it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from sdpose.config import (
+    ConfigError,
+    Params,
+    RayParams,
+    TuneParams,
+    apply_overrides,
+    validate_params,
+)
+
+SPACE_KINDS = ("choice", "uniform", "loguniform", "randint")
+
+# A Ray Data task asks for one whole CPU; a search that leaves less than this free beside
+# its training workers starves the input pipeline and hangs without an error.
+DATA_CPUS = 1.0
+
+
+class InvalidTrialConfigError(ValueError):
+    """A sampled combination that cannot be built (say model.dim not divisible by heads)."""
+
+
+def search_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`tune.space` ({"model.dim": {"choice": [48, 64]}, ...}) -> Ray Tune domains.
+
+    choice takes a list; uniform, loguniform and randint take [low, high] (randint's high
+    excluded, as numpy's).
+    """
+    from ray import tune
+
+    domains: dict[str, Any] = {}
+    for key, spec in space.items():
+        (kind, values), where = next(iter(spec.items())), f"tune.space.{key}"
+        if kind == "choice":
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{where}: choice needs a non-empty list, got {values!r}")
+            domains[key] = tune.choice(values)
+            continue
+        if not (isinstance(values, list) and len(values) == 2 and values[0] < values[1]):
+            raise ConfigError(f"{where}: {kind} needs [low, high] with low < high, got {values!r}")
+        if kind == "loguniform" and values[0] <= 0:
+            raise ConfigError(f"{where}: loguniform needs a positive low bound, got {values[0]}")
+        make = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}
+        domains[key] = make[kind](*values)
+    return domains
+
+
+def trial_params(base: dict[str, Any], trial_config: dict[str, Any], max_epochs: int) -> Params:
+    """The parameters one trial trains with: the base, the sampled values, tune.max_epochs.
+
+    Raises InvalidTrialConfigError with the keyed reasons ("model.dim: 36 must be divisible by
+    heads (8)") for a combination the model cannot take.
+    """
+    overrides = {**_plain(trial_config), "train.epochs": max_epochs}
+    try:
+        return validate_params(apply_overrides(base, overrides), source="trial")
+    except ConfigError as error:
+        reasons = str(error).split("\n")[1:]  # drop the "trial: invalid parameters" header
+        raise InvalidTrialConfigError("; ".join(line.strip() for line in reasons)) from None
+
+
+def _plain(config: dict[str, Any]) -> dict[str, Any]:
+    """numpy scalars (what Tune samples) -> Python numbers, so pydantic and JSON take them."""
+    return {key: value.item() if hasattr(value, "item") else value for key, value in config.items()}
+
+
+def trial_cpus(ray_params: RayParams) -> float:
+    """CPUs one trial's training workers hold (its driver asks for none)."""
+    return ray_params.num_workers * ray_params.cpus_per_worker
+
+
+def max_concurrent_trials(
+    tune_params: TuneParams, ray_params: RayParams, resources: dict[str, float]
+) -> int:
+    """How many trials run at once: `tune.max_concurrent`, or (0) what the cluster holds.
+
+    Automatic: every running trial holds its workers' CPUs (GPUs) for its whole life, and
+    one CPU stays free for Ray Data, whose tasks all trials share. Never more than the
+    number of trials, never less than one.
+    """
+    if tune_params.max_concurrent > 0:
+        return tune_params.max_concurrent
+    fits = math.floor((resources.get("CPU", 0.0) - DATA_CPUS) / trial_cpus(ray_params) + 1e-9)
+    if ray_params.use_gpu:
+        fits = min(fits, math.floor(resources.get("GPU", 0.0) / ray_params.num_workers))
+    return max(1, min(fits, tune_params.num_samples))
+
+
+def check_fits(ray_params: RayParams, resources: dict[str, float]) -> None:
+    """Refuse a search whose single trial can never start: Ray would wait forever."""
+    cpus = resources.get("CPU", 0.0)
+    if trial_cpus(ray_params) + DATA_CPUS > cpus + 1e-9:
+        raise ConfigError(
+            f"ray: a trial needs {trial_cpus(ray_params):g} CPUs for its workers "
+            f"(ray.num_workers x ray.cpus_per_worker) plus {DATA_CPUS:g} for Ray Data, "
+            f"but the cluster has {cpus:g}; lower ray.num_workers or ray.cpus_per_worker"
+        )
+    if ray_params.use_gpu and resources.get("GPU", 0.0) < ray_params.num_workers:
+        raise ConfigError(
+            f"ray: ray.use_gpu asks one GPU per worker ({ray_params.num_workers}) but the "
+            f"cluster has {resources.get('GPU', 0.0):g}"
+        )

@@ -1,0 +1,128 @@
+"""Failures during training: a killed worker and a killed driver lose at most one epoch.
+
+- A training worker process is killed (SIGKILL, by its pid) in the middle of epoch 1; Ray
+  Train restarts the worker group (`train.max_failures`), the loop restores the epoch-0
+  checkpoint, and the history holds every epoch exactly once.
+- The driver (`sdpose train`) is killed after the epoch-0 checkpoint; `sdpose train
+  --resume` continues the run under its stable name and finishes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from sdpose.config import dump_params
+from sdpose.training import run
+from sdpose.training.history import read_history_csv
+from sdpose.training.launcher import RUN_NAME
+
+pytestmark = pytest.mark.integration
+
+SDPOSE = Path(sys.executable).with_name("sdpose")
+
+
+def _checkpoint(workdir: Path, epoch: int) -> Path:
+    return workdir / "models" / "ray" / RUN_NAME / f"epoch-{epoch:04d}"
+
+
+def _wait_for_checkpoint(workdir: Path, epoch: int, timeout: float) -> None:
+    """Until the checkpoint folder holds both files (Ray uploads them, then registers)."""
+    folder = _checkpoint(workdir, epoch)
+    deadline = time.monotonic() + timeout
+    while not ((folder / "state.pt").is_file() and (folder / "best.pt").is_file()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{folder}: no checkpoint after {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+def _train_worker_pids(root_pid: int) -> list[int]:
+    """Ray Train worker processes below `root_pid` (the local Ray this process started)."""
+    found = []
+    for child in psutil.Process(root_pid).children(recursive=True):
+        try:
+            if child.cmdline()[:1] and child.cmdline()[0].startswith("ray::RayTrainWorker"):
+                found.append(child.pid)
+        except psutil.Error:  # gone or unreadable: not ours to kill anyway
+            continue
+    return found
+
+
+@pytest.mark.timeout(900)
+def test_killed_worker_restores_last_checkpoint(train_workdir, tiny_params) -> None:
+    params = tiny_params(train_workdir)
+    killed: dict[str, object] = {}
+
+    def kill_a_worker_in_epoch_1() -> None:
+        try:
+            _wait_for_checkpoint(train_workdir, 0, timeout=600)
+            time.sleep(1.0)  # epoch 1 is under way
+            pids = _train_worker_pids(os.getpid())
+            killed["mid_epoch_1"] = not _checkpoint(train_workdir, 1).exists()
+            killed["pid"] = pids[-1]
+            os.kill(pids[-1], signal.SIGKILL)
+        except Exception as error:  # reported by the assertions below
+            killed["error"] = error
+
+    killer = threading.Thread(target=kill_a_worker_in_epoch_1, daemon=True)
+    killer.start()
+    summary = run(params, train_workdir)
+    killer.join(timeout=5)
+
+    assert "error" not in killed, killed.get("error")
+    assert killed["mid_epoch_1"]
+    assert not psutil.pid_exists(killed["pid"]) or psutil.Process(killed["pid"]).status() == (
+        psutil.STATUS_ZOMBIE
+    )
+    history = read_history_csv(train_workdir / "metrics" / "train_history.csv")
+    assert [row["epoch"] for row in history] == [0, 1]  # every epoch exactly once
+    assert summary["restores"] == 1  # epoch 1 ran again from the epoch-0 checkpoint
+    assert summary["epochs"] == 2
+
+
+def _sdpose_train(workdir: Path, log: str, *options: str, **popen) -> subprocess.Popen:
+    """`sdpose train` in `workdir` (reading the params.yaml there), output to `log`."""
+    command = [str(SDPOSE), "train", *options]
+    with (workdir / log).open("w") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, **popen)
+
+
+def _kill_session(process: subprocess.Popen) -> None:
+    """SIGKILL the driver and the local Ray it started (its own session and group)."""
+    with contextlib.suppress(ProcessLookupError):  # start_new_session: group id == its pid
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+@pytest.mark.timeout(900)
+def test_killed_driver_then_resume_finishes_the_run(train_workdir, tiny_params) -> None:
+    params = tiny_params(train_workdir)
+    (train_workdir / "params.yaml").write_text(dump_params(params))
+
+    driver = _sdpose_train(train_workdir, "first.log", start_new_session=True)
+    try:
+        _wait_for_checkpoint(train_workdir, 0, timeout=600)
+        time.sleep(1.0)  # epoch 1 is under way
+        assert driver.poll() is None, "the run ended before the driver could be killed"
+        assert not _checkpoint(train_workdir, 1).exists()
+    finally:
+        _kill_session(driver)
+    assert not (train_workdir / "metrics" / "train.json").exists()  # it never finished
+
+    resumed = _sdpose_train(train_workdir, "resume.log", "--resume")
+    assert resumed.wait(timeout=600) == 0, (train_workdir / "resume.log").read_text()[-3000:]
+    summary = json.loads((train_workdir / "metrics" / "train.json").read_text())
+    history = read_history_csv(train_workdir / "metrics" / "train_history.csv")
+    assert [row["epoch"] for row in history] == [0, 1]  # every epoch exactly once
+    assert summary["resumed_after_epoch"] == 0
+    assert summary["restores"] == 1  # epoch 1 started from the epoch-0 checkpoint
