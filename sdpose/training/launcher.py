@@ -2,10 +2,13 @@
 
 The same call trains on two CPU cores or a GPU cluster: `ray.num_workers`, `ray.use_gpu`
 and `ray.cpus_per_worker` only change the ScalingConfig. Runs live under
-`<ray.storage_path>/<run name>`; the name is stable (RUN_NAME), which is what lets Ray Train
-V2 pick up the latest checkpoint of an interrupted run when the driver starts again
-(`resume=True`). A fresh run removes the previous run's folder first, so it never continues
-by accident. Worker failures are retried from the last checkpoint `train.max_failures` times.
+`<ray.storage_path>/<run name>` (a local path, NFS, or an s3:// or gs:// URI; shared storage
+on a multi-node cluster); the name is stable (RUN_NAME), which is what lets Ray Train V2 hand
+the latest registered checkpoint of an interrupted run to the workers when a driver starts it
+again (`resume=True`). A fresh run removes the previous run's folder first, so it never
+continues by accident. Worker failures are retried from the last checkpoint
+`train.max_failures` times; the checkpoint carries the history, so no epoch is lost or
+recorded twice.
 
 Outputs (DESIGN.md's stage table): models/train/{best.pt, last.pt, config.json},
 metrics/train.json, metrics/train_history.csv, reports/train_curves.png.
@@ -27,6 +30,7 @@ from sdpose.config import Params
 from sdpose.data.prepare import split_paths
 from sdpose.training.history import plot_history, write_history_csv, write_json
 from sdpose.training.loop import BEST_FILE, STATE_FILE, train_loop_per_worker
+from sdpose.training.storage import RunStorage
 
 RUN_NAME = "sdpose-train"
 
@@ -36,7 +40,7 @@ class TrainPaths:
     """Every file the stage reads or writes, resolved against the working directory."""
 
     annotations: Path
-    storage: Path
+    run: RunStorage
     models: Path
     metrics: Path
     history: Path
@@ -48,7 +52,7 @@ class TrainPaths:
         annotations, _ = split_paths(params.data.source, params.data.root, "val")
         return cls(
             annotations=_resolve(workdir, annotations),
-            storage=_resolve(workdir, params.ray.storage_path),
+            run=RunStorage.of(params.ray.storage_path, RUN_NAME, workdir),
             models=workdir / "models" / "train",
             metrics=workdir / "metrics" / "train.json",
             history=workdir / "metrics" / "train_history.csv",
@@ -72,49 +76,45 @@ def run(
     `placement_strategy` is Ray's: PACK fills a node before the next, SPREAD puts workers
     on different nodes (one worker per machine).
     """
-    from sdpose.ray_runtime import ray_session
-
     workdir = Path(workdir).resolve()
     paths = TrainPaths.under(workdir, params)
     _check_annotations(paths)
-    run_dir = paths.storage / RUN_NAME
-    last_epoch = latest_checkpoint_epoch(run_dir) if resume else -1
-    if last_epoch < 0:  # a fresh run: never continue an old one by accident
-        shutil.rmtree(run_dir, ignore_errors=True)
+    latest = paths.run.latest_checkpoint() if resume else None
+    last_epoch = latest[0] if latest else -1
+    if latest is None:  # a fresh run: never continue an old one by accident
+        paths.run.remove()
     started = time.perf_counter()
     ray_info: dict[str, Any] = {}
-    if last_epoch + 1 >= params.train.epochs:  # resuming a run that had already finished
-        summary = outputs_from_checkpoint(run_dir / f"epoch-{last_epoch:04d}", paths, params)
-    else:
-        with ray_session(params.ray) as ray_info:
-            if ray_info.get("dashboard_url"):
-                print(f"Ray dashboard: {ray_info['dashboard_url']}", file=sys.stderr, flush=True)
-            trainer = build_trainer(params, workdir, paths, last_epoch + 1, placement_strategy)
-            result = trainer.fit()
-        if result.checkpoint is None:
-            raise RuntimeError(f"{run_dir}: the run finished without a checkpoint")
-        with result.checkpoint.as_directory() as folder:
+    if latest is not None and last_epoch + 1 >= params.train.epochs:  # it had finished
+        with latest[1].as_directory() as folder:
             summary = outputs_from_checkpoint(Path(folder), paths, params)
+    else:
+        summary, ray_info = train(params, workdir, paths, last_epoch + 1, placement_strategy)
     summary |= {
         "wall_time_s": time.perf_counter() - started,
         "resumed_after_epoch": last_epoch if last_epoch >= 0 else None,
-        "run_dir": str(run_dir),
+        "run_dir": str(paths.run),
         "dashboard_url": ray_info.get("dashboard_url", ""),
     }
     write_json(summary, paths.metrics)
     return summary
 
 
-def latest_checkpoint_epoch(run_dir: Path) -> int:
-    """The last epoch with a complete checkpoint (epoch-NNNN/state.pt) in a run; -1 if none."""
-    epochs = [
-        int(folder.name.removeprefix("epoch-"))
-        for folder in run_dir.glob("epoch-*")
-        if folder.name.removeprefix("epoch-").isdigit()
-        and (folder / STATE_FILE).is_file()
-        and (folder / BEST_FILE).is_file()
-    ]
-    return max(epochs, default=-1)
+def train(
+    params: Params, workdir: Path, paths: TrainPaths, first_epoch: int, placement_strategy: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit the TorchTrainer, write the outputs of its last checkpoint; (summary, Ray info)."""
+    from sdpose.ray_runtime import ray_session
+
+    with ray_session(params.ray) as ray_info:
+        if ray_info.get("dashboard_url"):
+            print(f"Ray dashboard: {ray_info['dashboard_url']}", file=sys.stderr, flush=True)
+        trainer = build_trainer(params, workdir, paths, first_epoch, placement_strategy)
+        result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"{paths.run}: the run finished without a checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        return outputs_from_checkpoint(Path(folder), paths, params), ray_info
 
 
 def _check_annotations(paths: TrainPaths) -> None:
@@ -131,10 +131,12 @@ def build_trainer(
     paths: TrainPaths,
     first_epoch: int = 0,
     placement_strategy: str = "PACK",
+    callbacks: list | None = None,
 ):
     """The TorchTrainer: gloo on CPU, NCCL on GPU, the train split sharded across workers.
 
-    `first_epoch` seeds the augmentation of the first pass (the feed counts passes on).
+    `first_epoch` seeds the augmentation of the first pass (the feed counts passes on);
+    `callbacks` are Ray Train run callbacks (Tune's report callback inside a trial).
     """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -155,12 +157,13 @@ def build_trainer(
             placement_strategy=placement_strategy,
         ),
         run_config=RunConfig(
-            name=RUN_NAME,
-            storage_path=str(paths.storage),
+            name=paths.run.name,
+            storage_path=paths.run.storage_uri,
             failure_config=FailureConfig(max_failures=params.train.max_failures),
             # the latest checkpoint (for restarts) and one before it, in case the latest is
             # being written when a node dies; the best student travels in every checkpoint
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
         datasets={
             "train": feed.train_dataset(params, workdir, epoch=first_epoch),

@@ -63,27 +63,32 @@ def trial_history(run: Path) -> list[dict[str, float]]:
     """Every finished epoch of a trial's Ray Train run, from its latest checkpoint."""
     import torch
 
-    from sdpose.training.launcher import RUN_NAME, latest_checkpoint_epoch
     from sdpose.training.loop import STATE_FILE
 
-    last = latest_checkpoint_epoch(run / RUN_NAME)
-    if last < 0:
+    latest = _run_storage(run).latest_checkpoint()
+    if latest is None:
         return []
-    state = torch.load(
-        run / RUN_NAME / f"epoch-{last:04d}" / STATE_FILE, map_location="cpu", weights_only=True
-    )
+    with latest[1].as_directory() as folder:
+        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
     return list(state["progress"]["history"])
+
+
+def _run_storage(run: Path):  # -> RunStorage
+    from sdpose.training.launcher import RUN_NAME
+    from sdpose.training.storage import RunStorage
+
+    return RunStorage.of(run, RUN_NAME, run)
 
 
 def trial_row(trial, run: Path, cost: dict[str, Any], max_epochs: int) -> dict[str, Any]:
     """One row of metrics/tune.json."""
-    from sdpose.training.launcher import RUN_NAME, latest_checkpoint_epoch
     from sdpose.training.loop import BEST_FILE
 
     history = trial_history(run)
     best = max(history, key=lambda row: row[OBJECTIVE], default=None)  # first of equals
-    last = latest_checkpoint_epoch(run / RUN_NAME)
-    checkpoint = run / RUN_NAME / f"epoch-{last:04d}" / BEST_FILE
+    storage = _run_storage(run)
+    latest = storage.latest_checkpoint()
+    checkpoint = Path(storage.checkpoint_path(latest[0] if latest else -1)) / BEST_FILE
     result = trial.last_result or {}
     return {
         "id": trial.trial_id,
@@ -212,3 +217,27 @@ def write_results(
     metrics.parent.mkdir(parents=True, exist_ok=True)
     metrics.write_text(json.dumps(record, indent=2) + "\n")
     return best
+
+
+SEARCH_RECORD = "search.json"
+RECORDED_TRIAL_KEYS = ("id", "config", "status", "error", "student_ap", "epochs_run")
+
+
+def write_search_record(tune: dict[str, Any], metrics: Path, best_model: Path) -> Path:
+    """models/tune/search.json: the tune section searched with and each trial's outcome.
+
+    DVC reruns evaluate and export only when models/tune's content changes; a new search
+    whose best.pt came out byte-identical (or a search with no scored trial) must still
+    count as new, so the folder records what produced it.
+    """
+    record = json.loads(metrics.read_text())
+    best = record.get("best")
+    search = {
+        "tune": tune,
+        "best": best["id"] if best else None,
+        "trials": [{key: row.get(key) for key in RECORDED_TRIAL_KEYS} for row in record["trials"]],
+    }
+    path = best_model.parent / SEARCH_RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(search, indent=2) + "\n")
+    return path

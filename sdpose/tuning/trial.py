@@ -45,26 +45,20 @@ def drive_trial(
     import ray.tune
 
     from sdpose.ray_runtime import quiet_ray_logs
-    from sdpose.training.launcher import (
-        RUN_NAME,
-        TrainPaths,
-        build_trainer,
-        latest_checkpoint_epoch,
-    )
+    from sdpose.training.launcher import RUN_NAME, TrainPaths, build_trainer
+    from sdpose.training.storage import RunStorage
 
     quiet_ray_logs()  # the trial's datasets take this process's DataContext
     max_epochs = base_params["tune"]["max_epochs"]
     params = trial_params(base_params, config, max_epochs)
     trial_id = ray.tune.get_context().get_trial_id()
-    paths = dataclasses.replace(
-        TrainPaths.under(Path(workdir), params), storage=run_dir(Path(experiment_dir), trial_id)
-    )
+    run = RunStorage.of(run_dir(Path(experiment_dir), trial_id), RUN_NAME, Path(workdir))
+    paths = dataclasses.replace(TrainPaths.under(Path(workdir), params), run=run)
     # A restored trial continues its run: augmentation seeds go on from the next epoch.
-    first_epoch = latest_checkpoint_epoch(paths.storage / RUN_NAME) + 1
-    trainer = build_trainer(params, Path(workdir), paths, first_epoch)
-    # build_trainer takes no callbacks yet; its RunConfig is shared with the run context.
+    latest = run.latest_checkpoint()
+    first_epoch = latest[0] + 1 if latest else 0
     callbacks = [TrialReport(), PlacementGroupRecorder()]
-    trainer.run_config.callbacks = [*(trainer.run_config.callbacks or []), *callbacks]
+    trainer = build_trainer(params, Path(workdir), paths, first_epoch, callbacks=callbacks)
     trainer.fit()  # raises the run's error: Tune records it on the trial
 
 

@@ -26,6 +26,7 @@ from sdpose.config import dump_params
 from sdpose.training import run
 from sdpose.training.history import read_history_csv
 from sdpose.training.launcher import RUN_NAME
+from sdpose.training.storage import RunStorage
 
 pytestmark = pytest.mark.integration
 
@@ -37,12 +38,12 @@ def _checkpoint(workdir: Path, epoch: int) -> Path:
 
 
 def _wait_for_checkpoint(workdir: Path, epoch: int, timeout: float) -> None:
-    """Until the checkpoint folder holds both files (Ray uploads them, then registers)."""
-    folder = _checkpoint(workdir, epoch)
+    """Until Ray has registered the epoch's checkpoint (what a restart would restore)."""
+    run = RunStorage.of(Path("models/ray"), RUN_NAME, workdir)
     deadline = time.monotonic() + timeout
-    while not ((folder / "state.pt").is_file() and (folder / "best.pt").is_file()):
+    while (latest := run.latest_checkpoint()) is None or latest[0] < epoch:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{folder}: no checkpoint after {timeout:.0f}s")
+            raise TimeoutError(f"{run}: no checkpoint of epoch {epoch} after {timeout:.0f}s")
         time.sleep(0.5)
 
 
