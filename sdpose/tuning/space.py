@@ -57,15 +57,34 @@ def search_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def trial_params(base: dict[str, Any], trial_config: dict[str, Any], max_epochs: int) -> Params:
     """The parameters one trial trains with: the base, the sampled values, tune.max_epochs.
 
+    The step decay keeps its place in the schedule: `train.lr_steps` are scaled from
+    `train.epochs` to `tune.max_epochs` (unless the search samples lr_steps itself), so a
+    short search still decays the learning rate as the full run would.
+
     Raises InvalidTrialConfigError with the keyed reasons ("model.dim: 36 must be divisible by
     heads (8)") for a combination the model cannot take.
     """
-    overrides = {**_plain(trial_config), "train.epochs": max_epochs}
+    train = base["train"]
+    overrides = {
+        "train.epochs": max_epochs,
+        "train.lr_steps": scaled_lr_steps(train["lr_steps"], train["epochs"], max_epochs),
+        **_plain(trial_config),
+    }
     try:
         return validate_params(apply_overrides(base, overrides), source="trial")
     except ConfigError as error:
         reasons = str(error).split("\n")[1:]  # drop the "trial: invalid parameters" header
         raise InvalidTrialConfigError("; ".join(line.strip() for line in reasons)) from None
+
+
+def scaled_lr_steps(lr_steps: list[int], epochs: int, max_epochs: int) -> list[int]:
+    """Decay epochs at the same fractions of a `max_epochs` schedule as of an `epochs` one.
+
+    [170, 200] of 210 epochs -> [3, 4] of 4 -> [3]: a step that lands on epoch 0 (no training
+    at the base rate) or on the end (never reached) is dropped; equal steps merge.
+    """
+    scaled = {round(step * max_epochs / epochs) for step in lr_steps}
+    return sorted(step for step in scaled if 0 < step < max_epochs)
 
 
 def _plain(config: dict[str, Any]) -> dict[str, Any]:
