@@ -27,8 +27,8 @@ class _Section(BaseModel):
 
 class SynthParams(_Section):
     seed: int = 0
-    train_images: int = Field(600, ge=1)
-    val_images: int = Field(120, ge=1)
+    train_images: int = Field(300, ge=1)
+    val_images: int = Field(60, ge=1)
     image_size: tuple[int, int] = (320, 256)  # width, height
     max_people: int = Field(4, ge=1, le=8)
     workers: int = Field(0, ge=0)  # 0 = one process per core
@@ -92,13 +92,13 @@ class AugmentParams(_Section):
 
 class TrainParams(_Section):
     seed: int = 0
-    epochs: int = Field(12, ge=1)
+    epochs: int = Field(6, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    warmup_iters: int = Field(500, ge=0)
+    warmup_iters: int = Field(40, ge=0)
     warmup_ratio: float = Field(0.001, gt=0, le=1)
-    lr_steps: list[int] = [9, 11]
+    lr_steps: list[int] = [4, 5]
     lr_factor: float = Field(0.1, gt=0, le=1)
     sigma: float = Field(2.0, gt=0)
     token_distill_weight: float = Field(5e-6, ge=0)
@@ -119,7 +119,7 @@ class TrainParams(_Section):
 
 class TuneParams(_Section):
     num_samples: int = Field(4, ge=1)
-    max_epochs: int = Field(4, ge=1)
+    max_epochs: int = Field(2, ge=1)
     grace_period: int = Field(1, ge=1)
     reduction_factor: int = Field(2, ge=2)
     scheduler: Literal["asha", "fifo"] = "asha"
