@@ -18,7 +18,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from sdpose.config import load_params
+from sdpose.config import Params, load_params
 
 RETRIED_STAGES = ("train", "tune")
 
@@ -58,32 +58,73 @@ def run_stage(stage: str, workdir: str) -> dict[str, Any]:
     return {"stage": stage, "ran": bool(ran)}
 
 
-def _publish_artifacts(workdir: Path) -> None:
-    eval_path = workdir / "metrics" / "eval.json"
-    if eval_path.exists():
-        metrics = json.loads(eval_path.read_text())
-        rows = [
-            {"metric": name, "value": value}
-            for name, value in metrics.items()
-            if isinstance(value, int | float)
-        ]
-        create_table_artifact(rows, key="sdpose-eval", description="Evaluation metrics")
-    lines = ["# sdpose pipeline", ""]
-    card_path = workdir / "models" / "export" / "model_card.json"
-    if card_path.exists():
-        card = json.loads(card_path.read_text())
-        registered = card.get("registered", {})
-        lines.append(
-            f"- registered model: `{registered.get('name', '?')}` "
-            f"version {registered.get('version', '?')}"
+def registered_line(params: Params, workdir: Path) -> str | None:
+    """The newest registered student; the model card cannot say, it is written before the
+    export stage registers it."""
+    from sdpose.registry import list_versions
+
+    if not (workdir / "models" / "export" / "model_card.json").exists():  # export has not run
+        return None
+    versions = list_versions(params, workdir)
+    if not versions:
+        return None
+    newest = versions[0]
+    champion = " (champion)" if newest["champion"] else ""
+    name = params.registry.model_name
+    return f"- registered model: `{name}` version {newest['version']}{champion}"
+
+
+EVAL_COLUMNS = ("AP", "AP50", "AP75", "APm", "APl", "AR")
+
+
+def evaluation_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """metrics/eval.json -> one row per evaluated model (train, tune): cost, student AP
+    columns and the teacher's AP, the numbers a user compares first."""
+    rows = []
+    for name, model in metrics.get("models", {}).items():
+        student, teacher = model.get("student", {}), model.get("teacher", {})
+        rows.append(
+            {
+                "model": name + (" (best)" if name == metrics.get("best") else ""),
+                "preset": model.get("preset"),
+                "cycles": model.get("cycles"),
+                "params": model.get("params"),
+                "GFLOPs": model.get("gflops"),
+                **{f"student {column}": student.get(column) for column in EVAL_COLUMNS},
+                "teacher AP": teacher.get("AP"),
+            }
         )
+    return rows
+
+
+def _summary_lines(params: Params, workdir: Path) -> list[str]:
+    lines = ["# sdpose pipeline", ""]
+    if registered := registered_line(params, workdir):
+        lines.append(registered)
     for name in ("reports/eval.md", "metrics/train.json", "metrics/tune.json"):
         if (workdir / name).exists():
             lines.append(f"- `{(workdir / name).resolve()}`")
-    dashboard = os.environ.get("SDPOSE_RAY_DASHBOARD")
-    if dashboard:
-        lines.append(f"- Ray dashboard: {dashboard}")
-    create_markdown_artifact("\n".join(lines), key="sdpose-summary")
+    train_path = workdir / "metrics" / "train.json"
+    dashboard = (
+        json.loads(train_path.read_text()).get("dashboard_url") if train_path.exists() else ""
+    )
+    if dashboard:  # a local Ray lives as long as its stage; a cluster's dashboard stays
+        lines.append(f"- Ray dashboard of the training run: {dashboard}")
+    return lines
+
+
+def _publish_artifacts(workdir: Path, params: Params) -> None:
+    """A table of the evaluation and a markdown summary, attached to the flow run."""
+    eval_path = workdir / "metrics" / "eval.json"
+    if eval_path.exists():
+        metrics = json.loads(eval_path.read_text())
+        create_table_artifact(
+            evaluation_rows(metrics),
+            key="sdpose-eval",
+            description=f"COCO keypoint AP on {metrics.get('instances')} val instances "
+            f"({metrics.get('boxes')} boxes); the student is what ships",
+        )
+    create_markdown_artifact("\n".join(_summary_lines(params, workdir)), key="sdpose-summary")
 
 
 @flow(name="sdpose", log_prints=True)
@@ -99,5 +140,5 @@ def sdpose_flow(overrides: dict[str, Any] | None = None, workdir: str = ".") -> 
     for stage in pipeline_stages(root):
         retries = params.train.retries if stage in RETRIED_STAGES else 0
         results.append(run_stage.with_options(retries=retries)(stage, str(root)))
-    _publish_artifacts(root)
+    _publish_artifacts(root, params)
     return results

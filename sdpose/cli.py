@@ -133,22 +133,37 @@ def _pipeline(args: argparse.Namespace) -> int:
     results = sdpose_flow(overrides=overrides, workdir=str(workdir))
     for result in results:
         print(f"{result['stage']:>10}: {'ran' if result['ran'] else 'up to date, skipped'}")
-    _print_where_to_look(workdir)
+    _print_where_to_look(workdir, load_params(workdir / "params.yaml"))
     return 0
 
 
-def _print_where_to_look(workdir: Path) -> None:
+def _print_where_to_look(workdir: Path, params: Params) -> None:
+    """What the run made and how to open it: the first thing a user needs after `make run`."""
+    from pipelines.flow import registered_line
+
+    eval_path = workdir / "metrics" / "eval.json"
+    if eval_path.exists():
+        evaluation = json.loads(eval_path.read_text())
+        print(f"\nStudent AP (val, {evaluation['boxes']} boxes): {evaluation['student_ap']:.4f}")
     print("\nWhere to look:")
     for name, what in (
         ("metrics/train.json", "training summary (student and teacher AP)"),
+        ("metrics/tune.json", "every trial of the search"),
         ("metrics/eval.json", "evaluation metrics"),
         ("reports/eval.md", "evaluation report with plots"),
-        ("models/export/model_card.json", "the exported student and its registry version"),
+        ("models/export/sdpose-student.onnx", "the exported one-cycle student"),
+        ("models/export/model_card.json", "its model card"),
     ):
         if (workdir / name).exists():
-            print(f"  {name:<32} {what}")
-    print("  mlflow ui --backend-store-uri sqlite:///mlruns.db   # the model registry")
-    print("  ray dashboard: printed by the train stage above (http://127.0.0.1:8265)")
+            print(f"  {name:<36} {what}")
+    registered = registered_line(params, workdir)
+    if registered:
+        print(f"  {registered.removeprefix('- ')}")
+    print(f"  mlflow ui --backend-store-uri {params.registry.tracking_uri}   # runs and registry")
+    print(
+        "  Ray dashboard: each stage's local Ray serves it while the stage runs (the URL is "
+        "printed above); for one that stays, `ray start --head` and run with ray.address=auto"
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:

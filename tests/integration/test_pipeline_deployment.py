@@ -1,0 +1,314 @@
+"""The deployment `sdpose/full-pipeline` on a real Prefect server, run from the Prefect CLI.
+
+A `prefect server start` (SQLite under a temporary PREFECT_HOME) and `sdpose serve` in a
+copy of the project (project_copy.py) are started once for the module. A run with an
+invalid override must fail before any stage starts; a run whose overrides make every stage
+tiny must complete: every stage's files, a registered MLflow version and the two
+artifacts on that flow run. The tests run in file order: the first needs a copy no stage
+has touched. Every process the module started is stopped, and checked gone, at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+from project_copy import (
+    TINY_PIPELINE,
+    VENV_BIN,
+    copy_project,
+    missing_outputs,
+    tool_env,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
+
+DEPLOYMENT = "sdpose/full-pipeline"
+STAGES = ["synth", "prepare", "crops", "train", "tune", "evaluate", "export"]
+# sdpose-nano has 4 heads: an embedding size of 102 cannot be split between them.
+BAD_OVERRIDES = {"model.dim": 102}
+RAY_PROCESS_MARKS = ("raylet", "gcs_server", "ray::", "ray/_private", "ray/dashboard")
+STARTUP_S = 180  # two busy cores: Prefect's server and runner take tens of seconds
+
+
+# ------------------------------------------------------------------ processes
+@dataclass
+class ProcessTracker:
+    """Every process under the started ones, sampled until stopped: a stage's Ray processes
+    may outlive their parent and leave the tree, and must be stopped all the same."""
+
+    leaders: list[subprocess.Popen] = field(default_factory=list)
+    seen: dict[tuple[int, float], psutil.Process] = field(default_factory=dict)
+    _done: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        threading.Thread(target=self._sample_forever, daemon=True).start()
+
+    def start(self, args: list[str], cwd: Path, env: dict[str, str], log: Path):
+        """A process in its own session (one group to signal), output to `log`."""
+        with log.open("w") as stream:
+            process = subprocess.Popen(
+                args, cwd=cwd, env=env, stdout=stream, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self.leaders.append(process)
+        self.sample()
+        return process
+
+    def sample(self) -> None:
+        for leader in self.leaders:
+            try:
+                root = psutil.Process(leader.pid)
+                family = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+            for process in family:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    self.seen.setdefault((process.pid, process.create_time()), process)
+
+    def _sample_forever(self) -> None:
+        while not self._done.wait(1.0):
+            self.sample()
+
+    def alive(self) -> list[psutil.Process]:
+        return [process for process in self.seen.values() if _running(process)]
+
+    def stop(self) -> list[psutil.Process]:
+        """Newest leader first (the runner needs the server to shut down cleanly): SIGINT,
+        then SIGTERM, then SIGKILL to each group; then every process ever seen. Returns
+        the processes still alive."""
+        self.sample()
+        self._done.set()
+        for leader in reversed(self.leaders):
+            for signum, grace in ((signal.SIGINT, 15), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+                if leader.poll() is not None:
+                    break
+                _signal_group(leader.pid, signum)
+                try:
+                    leader.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    continue
+            _signal_group(leader.pid, signal.SIGKILL)  # whatever is left in its group
+            leader.wait(timeout=10)
+        for process in self.alive():
+            process.kill()
+        _, alive = psutil.wait_procs(self.alive(), timeout=10)
+        return alive
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signum)
+
+
+# ------------------------------------------------------------------ Prefect API
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def api(url: str, body: dict[str, Any] | None = None) -> Any:
+    """GET (or POST `body`) a Prefect REST endpoint; the decoded JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def wait_until(ready: Callable[[], bool], timeout: float, what: str, logs: list[Path]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if ready():
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{what} not ready after {timeout} s\n" + "\n".join(map(tail, logs)))
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    text = path.read_text(errors="replace") if path.exists() else "(no log)"
+    return f"--- {path.name}:\n" + "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class Served:
+    """The server's API URL, the served project copy and the environment to reach them."""
+
+    api_url: str
+    workdir: Path
+    env: dict[str, str]
+    logs: list[Path]
+    tracker: ProcessTracker
+
+    def run_deployment(self, overrides: dict[str, Any], timeout: int) -> tuple[dict, str]:
+        """`prefect deployment run ... --watch`; the flow run (from the API) and CLI output."""
+        args = [
+            str(VENV_BIN / "prefect"), "deployment", "run", DEPLOYMENT,
+            "--param", f"overrides={json.dumps(overrides)}",
+            "--watch", "--watch-interval", "3", "--watch-timeout", str(timeout),
+        ]  # fmt: skip
+        done = subprocess.run(
+            args, env=self.env, capture_output=True, text=True, timeout=timeout + 120
+        )
+        output = done.stdout + done.stderr
+        found = re.search(r"UUID: ([0-9a-f-]{36})", output)
+        assert found, f"no flow run created:\n{output}"
+        return api(f"{self.api_url}/flow_runs/{found.group(1)}"), output
+
+    def artifacts(self, flow_run_id: str) -> dict[str, dict]:
+        body = {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}
+        return {item["key"]: item for item in api(f"{self.api_url}/artifacts/filter", body)}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A Prefect server and `sdpose serve` in an untouched project copy (default params)."""
+    root = tmp_path_factory.mktemp("deployment")
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    settings = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "INFO"}
+    server_home, client_home = root / "server-home", root / "client-home"
+    server_env = tool_env(
+        **settings,
+        PREFECT_HOME=str(server_home),
+        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{server_home / 'prefect.db'}",
+    )
+    server_env.pop("PREFECT_API_URL", None)
+    client_env = tool_env(
+        **settings,
+        PREFECT_HOME=str(client_home),
+        PREFECT_API_URL=api_url,
+        PREFECT_RUNNER_POLL_FREQUENCY="2",  # pick a new run up within seconds, not 10
+    )
+    logs = [root / "server.log", root / "serve.log"]
+    tracker = ProcessTracker()
+    try:
+        tracker.start(
+            [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
+             "--port", str(port), "--no-ui"],
+            cwd=root, env=server_env, log=logs[0],
+        )  # fmt: skip
+        wait_until(lambda: api(f"{api_url}/health") is True, STARTUP_S, "Prefect server", logs)
+        workdir = copy_project(root / "project", overrides={})  # the project's own params
+        tracker.start([str(VENV_BIN / "sdpose"), "serve"], cwd=workdir, env=client_env,
+                      log=logs[1])  # fmt: skip
+        wait_until(
+            lambda: bool(api(f"{api_url}/deployments/name/{DEPLOYMENT}").get("id")),
+            STARTUP_S,
+            f"deployment {DEPLOYMENT}",
+            logs,
+        )
+        yield Served(api_url, workdir, client_env, logs, tracker)
+    finally:
+        left = tracker.stop()
+        assert not left, f"processes left running: {[p.pid for p in left]}"
+        assert all(leader.poll() is not None for leader in tracker.leaders)
+
+
+# ------------------------------------------------------------------ tests
+def test_invalid_override_fails_the_run_before_any_stage(served: Served) -> None:
+    params_before = (served.workdir / "params.yaml").read_text()
+
+    flow_run, output = served.run_deployment(BAD_OVERRIDES, timeout=300)
+
+    state = flow_run["state"]
+    assert state["type"] == "FAILED", f"{state}\n{output}\n{tail(served.logs[1])}"
+    assert "model.dim" in state["message"] and "102" in state["message"], state["message"]
+    assert flow_run["parameters"]["overrides"] == BAD_OVERRIDES
+    # validated before anything was written or run
+    assert (served.workdir / "params.yaml").read_text() == params_before
+    assert not (served.workdir / "data" / "raw").exists()
+    assert not (served.workdir / "dvc.lock").exists()
+
+
+def test_tiny_run_completes_registers_and_publishes(served: Served) -> None:
+    flow_run, output = served.run_deployment(TINY_PIPELINE, timeout=1000)
+
+    state = flow_run["state"]
+    assert state["type"] == "COMPLETED", f"{state}\n{output}\n{tail(served.logs[1], 80)}"
+    workdir = served.workdir
+    assert missing_outputs(workdir) == []
+    assert list((workdir / "data" / "crops" / "train").glob("*.parquet"))
+    # the overrides reached params.yaml and the stages: 24 synthetic training images
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    assert params["synth"]["train_images"] == TINY_PIPELINE["synth.train_images"]
+    assert params["tune"]["space"] == TINY_PIPELINE["tune.space"]
+    annotations = workdir / "data/raw/synth/annotations/person_keypoints_train.json"
+    coco = json.loads(annotations.read_text())
+    assert len(coco["images"]) == TINY_PIPELINE["synth.train_images"]
+    # every stage ran through DVC, which recorded it
+    lock = yaml.safe_load((workdir / "dvc.lock").read_text())
+    assert sorted(lock["stages"]) == sorted(STAGES)
+
+    card = json.loads((workdir / "models" / "export" / "model_card.json").read_text())
+    versions = _registered_versions(workdir)
+    assert len(versions) == 1, versions
+    assert float(versions[0].tags["student_ap"]) == card["student_ap"]
+
+    artifacts = served.artifacts(flow_run["id"])
+    assert {"sdpose-eval", "sdpose-summary"} <= set(artifacts), sorted(artifacts)
+    assert artifacts["sdpose-eval"]["type"] == "table"
+    table = artifacts["sdpose-eval"]["data"]
+    rows = json.loads(table) if isinstance(table, str) else table
+    evaluation = json.loads((workdir / "metrics" / "eval.json").read_text())
+    best = next(row for row in rows if row["model"] == f"{evaluation['best']} (best)")
+    assert best["student AP"] == evaluation["student_ap"]
+    assert {row["model"].removesuffix(" (best)") for row in rows} == set(evaluation["models"])
+    summary = artifacts["sdpose-summary"]
+    assert summary["type"] == "markdown"
+    assert f"`sdpose-student` version {versions[0].version}" in summary["data"]
+    assert str(workdir / "reports" / "eval.md") in summary["data"]
+    _assert_ray_stopped(served.tracker)
+
+
+def _registered_versions(workdir: Path) -> list:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{workdir / 'mlruns.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return client.search_model_versions("name = 'sdpose-student'")
+
+
+def _assert_ray_stopped(tracker: ProcessTracker) -> None:
+    """Each stage shut its Ray down: no Ray process of the run outlives it for long."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ray = [p for p in tracker.alive() if _is_ray(p)]
+        if not ray:
+            return
+        time.sleep(2)
+    raise AssertionError(f"Ray processes left after the run: {[p.pid for p in ray]}")
+
+
+def _is_ray(process: psutil.Process) -> bool:
+    try:
+        text = " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+    return any(name in text for name in RAY_PROCESS_MARKS)
