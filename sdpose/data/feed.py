@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 BATCH_ROWS = 32  # ~26 MB of float32 output per batch: big enough to amortise, small to stream
 NUM_KEYPOINTS = 17
 BLOCK_BYTES = 16 << 20
+# One sample as the feed emits it: image 3x256x192 and target 17x64x48, float32, and the rest
+SAMPLE_BYTES = 4 * (3 * 256 * 192 + NUM_KEYPOINTS * 64 * 48) + 1024
+CACHED_VAL_BYTES = 1 << 30
 
 
 def crop_shards(workdir: Path, split: str) -> list[str]:
@@ -95,6 +98,27 @@ def val_dataset(params: Params, workdir: Path, split: str = "val") -> ray.data.D
         fn_kwargs={"sigma": params.train.sigma},
     )
     return _small_block_bytes(ds)
+
+
+def validation_feed(params: Params, workdir: Path, split: str = "val") -> ray.data.Dataset:
+    """`val_dataset` for the epochs of a training run: computed once when it is small.
+
+    The validation samples never change, yet a lazy dataset decodes and warps them again on
+    every epoch; for a small split that costs Ray Data's start-up, not work (120 crops: 5 s
+    streamed, 0.03 s from the object store, against 0.3 s of decoding). A split whose samples
+    fit in CACHED_VAL_BYTES is materialised; a larger one (COCO val: ~5 GB) streams.
+    """
+    ds = val_dataset(params, workdir, split)
+    if split_rows(workdir, split) * SAMPLE_BYTES <= CACHED_VAL_BYTES:
+        return ds.materialize()
+    return ds
+
+
+def split_rows(workdir: Path, split: str) -> int:
+    """Crops in a split, from the summary `sdpose crops` writes last."""
+    crop_shards(workdir, split)  # the same checks and messages
+    summary = json.loads((Path(workdir) / "data" / "crops" / "summary.json").read_text())
+    return int(summary["splits"][split]["rows"])
 
 
 def _in_small_blocks(ds: ray.data.Dataset) -> ray.data.Dataset:

@@ -167,7 +167,7 @@ def build_trainer(
         ),
         datasets={
             "train": feed.train_dataset(params, workdir, epoch=first_epoch),
-            "val": feed.val_dataset(params, workdir),
+            "val": feed.validation_feed(params, workdir),
         },
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )

@@ -80,8 +80,9 @@ def trial_params(base: dict[str, Any], trial_config: dict[str, Any], max_epochs:
 def scaled_lr_steps(lr_steps: list[int], epochs: int, max_epochs: int) -> list[int]:
     """Decay epochs at the same fractions of a `max_epochs` schedule as of an `epochs` one.
 
-    [170, 200] of 210 epochs -> [3, 4] of 4 -> [3]: a step that lands on epoch 0 (no training
-    at the base rate) or on the end (never reached) is dropped; equal steps merge.
+    [200, 260] of 300 epochs -> [3, 3] of 4 -> [3]; [4, 5] of 6 -> [1, 2] of 2 -> [1]: a step
+    that lands on epoch 0 (no training at the base rate) or on the end (never reached) is
+    dropped; equal steps merge.
     """
     scaled = {round(step * max_epochs / epochs) for step in lr_steps}
     return sorted(step for step in scaled if 0 < step < max_epochs)

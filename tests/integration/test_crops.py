@@ -24,6 +24,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from ray.data.dataset import MaterializedDataset
 
 from sdpose.codec import apply_affine
 from sdpose.config import Params, load_params
@@ -203,6 +204,19 @@ def test_feed_batches_and_epoch_reseeding(coco_crops):
     for ann_id in truth:
         np.testing.assert_array_equal(second[ann_id], fresh_epoch_1[ann_id])
     assert any(not np.array_equal(first[a], second[a]) for a in truth)
+
+
+@pytest.mark.timeout(300)
+def test_small_validation_split_is_computed_once(coco_crops, monkeypatch):
+    params = Params()
+    cached = feed.validation_feed(params, coco_crops)
+    assert isinstance(cached, MaterializedDataset)
+    expected = feed.val_dataset(params, coco_crops).take_all()
+    assert sorted(row["ann_id"] for row in cached.take_all()) == sorted(
+        row["ann_id"] for row in expected
+    )
+    monkeypatch.setattr(feed, "CACHED_VAL_BYTES", feed.SAMPLE_BYTES * (len(expected) - 1))
+    assert not isinstance(feed.validation_feed(params, coco_crops), MaterializedDataset)
 
 
 @pytest.mark.timeout(300)
