@@ -5,7 +5,8 @@ Trains, with the real `train` stage (Ray Train), on one synthetic dataset:
 - `sdpose-nano` with 2 cycles and with 3 cycles (the student is cycle 1 of those),
 with the same epochs, data and seeds (train.seed = 0, 1, 2: initialisation and
 augmentation), then prints the student AP of every run and each configuration's mean and
-spread (sample standard deviation), plus the teacher AP for reference. The student costs the
+spread (sample standard deviation), plus the teacher AP and the student's (cycle 1) final
+heatmap loss, which moves long before AP leaves 0 on a short budget. The student costs the
 same at inference in every row, so any AP difference is what the cycles bought in training.
 
 Usage: python bench/ablation.py [--epochs 10] [--train-images 300] [--val-images 60]
@@ -15,6 +16,7 @@ Usage: python bench/ablation.py [--epochs 10] [--train-images 300] [--val-images
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import tempfile
@@ -45,24 +47,36 @@ def base_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_dataset(params: Params, root: Path) -> None:
-    """synth -> prepare -> crops once; every run reads the same crops."""
+    """synth -> prepare -> crops once; every run reads the same crops.
+
+    A dataset left by an earlier call is reused only if it was made with the same synth
+    parameters (recorded beside it); otherwise it is rebuilt.
+    """
     from sdpose.data import crops, prepare, synth
 
-    if (root / "data" / "crops" / "summary.json").exists():
+    stamp = root / "data" / "synth_params.json"
+    wanted = json.dumps(params.synth.model_dump(mode="json"), sort_keys=True)
+    done = (root / "data" / "crops" / "summary.json").exists()
+    if done and stamp.exists() and stamp.read_text() == wanted:
         return
+    shutil.rmtree(root / "data", ignore_errors=True)
     for stage in (synth, prepare, crops):
         stage.run(params, root)
+    stamp.write_text(wanted)
 
 
 def train_once(root: Path, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
     """One run of the train stage in its own working directory (data shared by symlink)."""
     from sdpose.training import run
+    from sdpose.training.history import read_history_csv
 
     workdir = Path(tempfile.mkdtemp(prefix="ablation-", dir=root))
     try:
         (workdir / "data").symlink_to(root / "data")
         params = load_params(workdir / "params.yaml", {**overrides, "train.seed": seed})
-        return run(params, workdir)
+        summary = run(params, workdir)
+        last = read_history_csv(workdir / "metrics" / "train_history.csv")[-1]
+        return summary | {"student_loss": last["heatmap_loss_cycle1"]}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -87,30 +101,43 @@ def main() -> None:
     shared = base_overrides(args)
     params = load_params(root / "params.yaml", shared)
     started = time.perf_counter()
-    rows = []
+    rows: list[tuple[str, list[dict[str, Any]]]] = [(label, []) for label, _ in CONFIGS]
     with ray_session(params.ray):  # one Ray for the dataset and all nine runs
         build_dataset(params, root)
-        for label, model in CONFIGS:
-            runs = [train_once(root, {**shared, **model}, seed) for seed in args.seeds]
-            rows.append((label, runs))
-            student = [run["student_ap"] for run in runs]
-            print(f"{label:<26} student AP per seed {[round(ap, 4) for ap in student]}", flush=True)
+        # seed by seed, so that a stopped benchmark still holds paired comparisons
+        for seed in args.seeds:
+            for (label, model), (_, runs) in zip(CONFIGS, rows, strict=True):
+                runs.append(train_once(root, {**shared, **model}, seed))
+                last = runs[-1]
+                print(
+                    f"seed {seed} {label:<26} student AP {last['student_ap']:.4f} "
+                    f"teacher AP {last['teacher_ap']:.4f} student loss {last['student_loss']:.6f}",
+                    flush=True,
+                )
 
+    seconds = time.perf_counter() - started
     print(
         f"\n{args.epochs} epochs, {args.train_images} train / {args.val_images} val images, "
-        f"seeds {args.seeds}, {time.perf_counter() - started:.0f} s in all"
+        f"seeds {args.seeds}, {seconds:.0f} s in all"
     )
+    print_table(rows)
+
+
+def print_table(rows: list[tuple[str, list[dict[str, Any]]]]) -> None:
+    """Mean and spread of the student AP per configuration, against the first (baseline)."""
     print(
-        f"{'configuration':<26} {'student AP':>11} {'spread':>7} {'teacher AP':>11} {'vs base':>8}"
+        f"{'configuration':<26} {'student AP':>10} {'spread':>7} {'vs base':>8} "
+        f"{'teacher AP':>10} {'student loss':>12}"
     )
     baseline = statistics.mean(run["student_ap"] for run in rows[0][1])
     for label, runs in rows:
         student = [run["student_ap"] for run in runs]
-        teacher = statistics.mean(run["teacher_ap"] for run in runs)
         mean = statistics.mean(student)
+        teacher = statistics.mean(run["teacher_ap"] for run in runs)
+        loss = statistics.mean(run["student_loss"] for run in runs)
         print(
-            f"{label:<26} {mean:>11.4f} {spread(student):>7.4f} {teacher:>11.4f} "
-            f"{mean - baseline:>+8.4f}"
+            f"{label:<26} {mean:>10.4f} {spread(student):>7.4f} {mean - baseline:>+8.4f} "
+            f"{teacher:>10.4f} {loss:>12.6f}"
         )
 
 

@@ -10,7 +10,7 @@ The samples are synthetic normalised images with Gaussian targets from random ke
 a model step costs the same whatever the pixels, and the augmentation, which the real feed
 runs in Ray Data tasks, is not what this measures. One warmup step on each side first.
 
-Usage: python bench/train.py [--presets sdpose-nano sdpose-t]
+Usage: python bench/train.py [--presets sdpose-nano sdpose-t] [--steps N]
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from sdpose.training.loop import Trainee, train_epoch
 from sdpose.training.schedule import WarmupStepSchedule
 
 WORKERS = 2
-# preset -> (global batch, measured steps): about half a minute per side on two cores
-WORKLOADS = {"sdpose-nano": (32, 8), "sdpose-t": (8, 4)}
+# preset -> (global batch, measured steps): 15-30 s per side on two cores, so that the
+# one-off start of the sharded stream (about a second) weighs little, as in a real epoch
+WORKLOADS = {"sdpose-nano": (32, 48), "sdpose-t": (8, 16)}
 
 
 def synthetic_samples(count: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -129,6 +130,7 @@ def ray_train(preset: str, samples: dict[str, np.ndarray], batch: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--steps", type=int, help="measured steps per preset (default: WORKLOADS)")
     args = parser.parse_args()
 
     from sdpose.ray_runtime import ray_session
@@ -137,6 +139,7 @@ def main() -> None:
     with ray_session(RayParams()):
         for preset in args.presets:
             batch, steps = WORKLOADS[preset]
+            steps = args.steps or steps
             samples = synthetic_samples(batch * steps)
             plain = plain_loop(preset, samples, batch, threads=WORKERS)
             distributed = ray_train(preset, samples, batch)
