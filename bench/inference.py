@@ -10,8 +10,8 @@ same interleaved loop, so that it sees the same load).
 
 Work is counted as 2 x every multiply-add of the one-cycle forward, attention products
 included (`gflops_with_attention`), since the hardware executes them all. Latencies are
-medians of interleaved runs; rates use each function's fastest run, as the matmul figure
-does, so that a busy machine biases both sides alike.
+medians of blocks of runs taken in turn; rates use each function's fastest run, as the matmul
+figure does, so that a busy machine biases both sides alike.
 
 Goals: the ONNX student >= 3x faster than the all-cycles forward, and >= 80% of the
 matmul rate.
@@ -39,16 +39,23 @@ SPEEDUP_GOAL, EFFICIENCY_GOAL = 3.0, 0.80
 GEMM_SIZE = 1536  # 7.2 GFLOP: about as long as a batch-1 student forward on one core
 
 
-def timings(functions: list[Callable[[], object]], repeats: int, warmup: int = 2) -> list[list]:
-    """Seconds of each call of each function, interleaved so that load slows all alike."""
-    for function in functions * warmup:
-        function()
+def timings(functions: list[Callable[[], object]], repeats: int, rounds: int = 3) -> list[list]:
+    """Seconds of `repeats` calls of each function, in blocks taken in turn.
+
+    Blocks, not single calls, alternate: ONNX Runtime's and PyTorch's thread pools keep
+    spinning for a while after a call, so a call right after the other runtime's would pay
+    for its spinning threads on a two-core machine. Each block starts with an untimed call;
+    alternating `rounds` blocks still lets a change of load slow every function alike.
+    """
     times: list[list[float]] = [[] for _ in functions]
-    for _ in range(repeats):
+    per_block = -(-repeats // rounds)
+    for _ in range(rounds):
         for index, function in enumerate(functions):
-            start = time.perf_counter()
-            function()
-            times[index].append(time.perf_counter() - start)
+            function()  # the other pool's threads settle; caches and allocators warm
+            for _ in range(per_block):
+                start = time.perf_counter()
+                function()
+                times[index].append(time.perf_counter() - start)
     return times
 
 
