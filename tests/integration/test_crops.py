@@ -300,7 +300,8 @@ def synthetic_workdir(root: Path, images: int) -> None:
             )
     for split in ("train", "val"):
         write_manifest(rows, root / "data" / "prepared" / f"{split}.parquet", image_dir)
-    params = {"crops": {"rows_per_shard": 8}, "ray": {"address": ""}}
+    # data.root: the raw tree the crops stage's DVC deps name (its pixels)
+    params = {"data": {"root": "images"}, "crops": {"rows_per_shard": 8}, "ray": {"address": ""}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
 
 
@@ -409,6 +410,12 @@ def test_dvc_reruns_crops_only_when_its_inputs_change(tmp_path):
     assert load_params(tmp_path / "params.yaml").crops.jpeg_quality == 80
     third = _run(["dvc", "repro", "crops"], tmp_path)
     assert "Running stage 'crops'" in third.stdout
+
+    # new pixels under the same annotations (a re-exported image): the crops are stale
+    image = tmp_path / "images" / "0.jpg"
+    cv2.imwrite(str(image), 255 - cv2.imread(str(image)))
+    fourth = _run(["dvc", "repro", "crops"], tmp_path)
+    assert "Running stage 'crops'" in fourth.stdout
 
 
 @pytest.mark.timeout(120)
