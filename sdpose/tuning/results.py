@@ -59,13 +59,12 @@ def _pickled_error(trial) -> Exception | None:
     return trial.get_pickled_error()
 
 
-def trial_history(run: Path) -> list[dict[str, float]]:
-    """Every finished epoch of a trial's Ray Train run, from its latest checkpoint."""
+def trial_history(latest) -> list[dict[str, float]]:
+    """Every finished epoch of a trial's Ray Train run, from its latest (epoch, checkpoint)."""
     import torch
 
     from sdpose.training.loop import STATE_FILE
 
-    latest = _run_storage(run).latest_checkpoint()
     if latest is None:
         return []
     with latest[1].as_directory() as folder:
@@ -73,21 +72,16 @@ def trial_history(run: Path) -> list[dict[str, float]]:
     return list(state["progress"]["history"])
 
 
-def _run_storage(run: Path):  # -> RunStorage
-    from sdpose.training.launcher import RUN_NAME
-    from sdpose.training.storage import RunStorage
-
-    return RunStorage.of(run, RUN_NAME, run)
-
-
 def trial_row(trial, run: Path, cost: dict[str, Any], max_epochs: int) -> dict[str, Any]:
     """One row of metrics/tune.json."""
+    from sdpose.training.launcher import RUN_NAME
     from sdpose.training.loop import BEST_FILE
+    from sdpose.training.storage import RunStorage
 
-    history = trial_history(run)
+    storage = RunStorage.of(run, RUN_NAME, run)
+    latest = storage.latest_checkpoint()  # Ray's record, read once per row
+    history = trial_history(latest)
     best = max(history, key=lambda row: row[OBJECTIVE], default=None)  # first of equals
-    storage = _run_storage(run)
-    latest = storage.latest_checkpoint()
     checkpoint = Path(storage.checkpoint_path(latest[0] if latest else -1)) / BEST_FILE
     result = trial.last_result or {}
     return {
