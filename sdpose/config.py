@@ -148,7 +148,7 @@ class EvaluateParams(_Section):
 
 
 class ExportParams(_Section):
-    opset: int = Field(17, ge=17)
+    opset: int = Field(23, ge=17)
     atol: float = Field(1e-4, gt=0)
 
 

@@ -1,9 +1,11 @@
 """The `export` stage: the one-cycle student as ONNX, checked, described and registered.
 
-Only the student ships: the exported graph is `model(images, cycles=1)` returning the
-heatmaps alone, so the file holds one pass of the shared layers whatever the training
-cycles were. An export that does not reproduce PyTorch (onnx.checker, then max abs
-difference <= `export.atol` on real inference) fails here rather than in a deployment.
+Only the student ships: the exported graph is `StudentHeatmaps`, the first cycle returning
+the heatmaps alone, so the file holds one pass of the shared layers whatever the training
+cycles were. From opset 23 on, attention is the standard ONNX `Attention` op (one fused
+kernel in onnxruntime >= 1.23); older opsets get MatMul and Softmax, for older runtimes.
+An export that does not reproduce PyTorch (onnx.checker, then max abs difference <=
+`export.atol` on real inference) fails here rather than in a deployment.
 
 Contract of the file: input `images` (N, 3, 256, 192) float32, RGB normalised with the
 ImageNet mean and std; output `heatmaps` (N, 17, 64, 48) float32; N is dynamic.
@@ -11,9 +13,7 @@ ImageNet mean and std; output `heatmaps` (N, 17, 64, 48) float32; N is dynamic.
 
 from __future__ import annotations
 
-import copy
 import json
-import math
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from sdpose.config import Params
+from sdpose.models.student import StudentHeatmaps
 
 EXPORT_DIR = Path("models/export")
 ONNX_NAME = "sdpose-student.onnx"
@@ -31,48 +32,17 @@ CARD_NAME = "model_card.json"
 CANDIDATES = {"train": Path("models/train/best.pt"), "tune": Path("models/tune/best.pt")}
 INPUT_NAME, OUTPUT_NAME = "images", "heatmaps"
 NORMALISATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+FUSED_ATTENTION_OPSET = 23  # the first opset with a standard Attention op
 
 
 class ExportError(RuntimeError):
     """The ONNX graph is invalid or does not reproduce the PyTorch student."""
 
 
-class StudentHeatmaps(nn.Module):
-    """The deployed graph: images (N, 3, H, W) -> first-cycle heatmaps (N, K, h, w).
-
-    Exact GELU is respelled x * (1 + erf(x / sqrt 2)) * 0.5, the form onnxruntime fuses into
-    one kernel; export parity checks the file against the untouched model.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = _with_fusable_gelu(model)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images, cycles=1)[0].heatmaps
-
-
-class _FusableGelu(nn.Module):
-    """Exact (erf) GELU in the operation order onnxruntime's GELU fusion recognises."""
-
-    def forward(self, values: torch.Tensor) -> torch.Tensor:
-        return (values * (1.0 + torch.erf(values / math.sqrt(2.0)))) * 0.5
-
-
-def _with_fusable_gelu(model: nn.Module) -> nn.Module:
-    """A copy of the model (in eval mode) whose exact GELUs are `_FusableGelu`."""
-    model = copy.deepcopy(model).eval()
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.GELU) and child.approximate == "none":
-                setattr(module, name, _FusableGelu())
-    return model
-
-
 def export_onnx(
     model: nn.Module,
     path: Path,
-    opset: int = 17,
+    opset: int = 23,
     atol: float = 1e-4,
     parity_batches: tuple[int, ...] = (2, 1),
     seed: int = 0,
@@ -87,9 +57,12 @@ def export_onnx(
 
     config = model.config
     model.eval()
-    student = StudentHeatmaps(model).eval()
+    fused = opset >= FUSED_ATTENTION_OPSET
+    student = StudentHeatmaps(model, fused_attention=fused).eval()
     generator = torch.Generator().manual_seed(seed)
-    example = torch.randn(max(parity_batches), 3, *config.input_size, generator=generator)
+    # Traced at batch >= 2: an example of batch 1 lets torch.export specialise N to 1.
+    traced = max(2, *parity_batches)
+    example = torch.randn(traced, 3, *config.input_size, generator=generator)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
@@ -102,6 +75,7 @@ def export_onnx(
             dynamic_shapes=({0: torch.export.Dim("N", min=1, max=4096)},),
             dynamo=True,
             verbose=False,
+            custom_translation_table=_ATTENTION_TRANSLATION if fused else None,
         )
     # One file (weights inline): a deployable artifact must not depend on a sidecar file.
     onnx.save_model(program.model_proto, str(path), save_as_external_data=False)
@@ -125,6 +99,17 @@ def export_onnx(
         "max_abs_diff": diff,
         "atol": atol,
     }
+
+
+def _onnx_attention(query, key, value, heads: int):
+    """`sdpose::attention` as ONNX Attention-23 on merged-head (N, L, D) tensors."""
+    from onnxscript import opset23
+
+    output, *_ = opset23.Attention(query, key, value, q_num_heads=heads, kv_num_heads=heads)
+    return output
+
+
+_ATTENTION_TRANSLATION = {torch.ops.sdpose.attention.default: _onnx_attention}
 
 
 def _parity_diff(

@@ -17,6 +17,7 @@ from torch import nn
 
 from sdpose.models.mct import Attention, PatchEmbedding, SDPose
 from sdpose.models.presets import PRESETS, ModelConfig, resolve_model_config
+from sdpose.models.student import StudentHeatmaps, TokenAttention
 
 Counter = Callable[[nn.Module, torch.Tensor, torch.Tensor], int]
 
@@ -46,6 +47,11 @@ def _attention_products(module: Attention, inputs: torch.Tensor, output: torch.T
     return 2 * batch * length * length * dim  # QK^T and AV over all heads
 
 
+def _query_key_products(module: TokenAttention, query: torch.Tensor, key: torch.Tensor) -> int:
+    batch, queries, dim = query.shape
+    return 2 * batch * queries * key.shape[1] * dim  # QK^T and AV, Lq queries on Lk keys
+
+
 # Exact types, as mmcv matches them: a subclass is not counted.
 MMCV_COUNTERS: dict[type, Counter] = {
     nn.Conv2d: _conv,
@@ -70,7 +76,7 @@ class MacCounter:
 
     def __enter__(self) -> MacCounter:
         for module in self.model.modules():
-            if type(module) in MMCV_COUNTERS or type(module) is Attention:
+            if type(module) in MMCV_COUNTERS or type(module) in (Attention, TokenAttention):
                 self._handles.append(module.register_forward_hook(self._hook))
         return self
 
@@ -82,6 +88,8 @@ class MacCounter:
     def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         if type(module) is Attention:
             self.attention_macs += _attention_products(module, args[0], output)
+        elif type(module) is TokenAttention:
+            self.attention_macs += _query_key_products(module, args[0], args[1])
         else:
             self.macs += MMCV_COUNTERS[type(module)](module, args[0], output)
 
@@ -104,7 +112,8 @@ def model_info(preset_or_config: str | ModelConfig) -> dict:
 
     params: trainable; params_total: every parameter plus the fixed sine embedding (what the
     official model's `parameters()` holds); gflops: one-cycle inference in the paper's
-    convention; gflops_train: all configured cycles.
+    convention; gflops_train: all configured cycles; gflops_deployed: the exported student
+    graph, attention products included.
     """
     config = (
         resolve_model_config(preset_or_config)
@@ -124,6 +133,9 @@ def model_info(preset_or_config: str | ModelConfig) -> dict:
         model.head(features, 1)
     with torch.no_grad(), MacCounter(model.head) as all_cycles:
         model.head(features, config.cycles)
+    deployed_head = StudentHeatmaps(model).model.head
+    with torch.no_grad(), MacCounter(deployed_head) as deployed:
+        deployed_head(features, 1)
     inference = backbone.macs + one_cycle.macs
     train = backbone.macs + all_cycles.macs
     return {
@@ -135,6 +147,7 @@ def model_info(preset_or_config: str | ModelConfig) -> dict:
         "gflops_with_attention": (inference + one_cycle.attention_macs) / 1e9,
         "gflops_train": train / 1e9,
         "gflops_per_extra_cycle": (train - inference) / max(config.cycles - 1, 1) / 1e9,
+        "gflops_deployed": (backbone.macs + deployed.macs + deployed.attention_macs) / 1e9,
     }
 
 
