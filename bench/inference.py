@@ -32,6 +32,7 @@ import torch
 from sdpose.export import export_onnx
 from sdpose.models import build_model
 from sdpose.models.cost import model_info
+from sdpose.onnx_session import cpu_session
 
 PRESET = "sdpose-t"
 THREADS = (1, 2)
@@ -66,20 +67,9 @@ def gemm(size: int = GEMM_SIZE) -> Callable[[], object]:
     return lambda: torch.mm(a, b)
 
 
-def onnx_session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def measure(model, onnx_path: Path, threads: int, batch: int) -> dict[str, list[float]]:
     torch.set_num_threads(threads)
-    session = onnx_session(onnx_path, threads)
+    session = cpu_session(onnx_path, threads)  # as `sdpose predict` runs it
     images = torch.randn(batch, 3, 256, 192)
     array = images.numpy()
 

@@ -201,15 +201,13 @@ def predict_people(
 # ------------------------------------------------------------------------ ONNX model
 def onnx_runner(path: Path, threads: int = 0) -> tuple[HeatmapRunner, HeatmapCodec]:
     """An onnxruntime session as a runner, and the codec of its input and output sizes."""
-    import onnxruntime as ort
+    from sdpose.onnx_session import cpu_session
 
     path = Path(path)
     if not path.is_file():
         raise PredictError(f"{path}: ONNX model not found; run `sdpose export` or pass --model")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = cpu_session(path, threads)
     except Exception as error:  # onnxruntime raises its own exception types
         raise PredictError(f"{path}: not a loadable ONNX model ({error})") from error
     (model_input,), (model_output,) = session.get_inputs(), session.get_outputs()
