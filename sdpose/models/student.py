@@ -75,26 +75,22 @@ class StudentLayer(nn.Module):
     def __init__(self, layer: TransformerLayer, queries: int | None, fused: bool) -> None:
         super().__init__()
         dim = layer.attn.proj.in_features
-        self.queries, self.dim = queries, dim
+        self.queries = queries
         self.attn_norm, self.proj = layer.attn_norm, layer.attn.proj
         self.attention = TokenAttention(layer.attn.heads, fused)
         self.mlp_norm, self.mlp = layer.mlp_norm, layer.mlp
-        if queries is None:
-            self.qkv = layer.attn.qkv
-        else:  # the (3, heads, D/heads) rows of the qkv weight, split into q and kv
-            self.query = _linear_rows(layer.attn.qkv, 0, dim)
-            self.key_value = _linear_rows(layer.attn.qkv, dim, 3 * dim)
+        # q, k and v as three Linears over rows of the qkv weight: no Split copy in the graph
+        self.query = _linear_rows(layer.attn.qkv, 0, dim)
+        self.key = _linear_rows(layer.attn.qkv, dim, 2 * dim)
+        self.value = _linear_rows(layer.attn.qkv, 2 * dim, 3 * dim)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         normed = self.attn_norm(tokens)
-        if self.queries is None:
-            # explicit sizes: ONNX Split with a `split` input, valid in every opset >= 13
-            query, key, value = self.qkv(normed).split([self.dim] * 3, dim=-1)
-            residual = tokens
-        else:
-            query = self.query(normed[:, : self.queries])
-            key, value = self.key_value(normed).split([self.dim] * 2, dim=-1)
-            residual = tokens[:, : self.queries]
+        key, value = self.key(normed), self.value(normed)
+        if self.queries is not None:
+            normed, tokens = normed[:, : self.queries], tokens[:, : self.queries]
+        query = self.query(normed)
+        residual = tokens
         tokens = residual + self.proj(self.attention(query, key, value))
         return tokens + self.mlp(self.mlp_norm(tokens))
 
