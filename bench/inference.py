@@ -41,7 +41,7 @@ SPEEDUP_GOAL, EFFICIENCY_GOAL = 3.0, 0.80
 GEMM_SIZE = 1536  # 7.2 GFLOP: about as long as a batch-1 student forward on one core
 
 
-def timings(functions: list[Callable[[], object]], repeats: int, rounds: int = 3) -> list[list]:
+def timings(functions: list[Callable[[], object]], repeats: int, rounds: int = 5) -> list[list]:
     """Seconds of `repeats` calls of each function, in blocks taken in turn.
 
     Blocks, not single calls, alternate: ONNX Runtime's and PyTorch's thread pools keep
@@ -86,7 +86,7 @@ def measure(model, onnx_path: Path, threads: int, batch: int) -> dict[str, list[
 
     names = ("onnx student", "eager student", "eager all cycles", "matmul")
     functions = [onnx_student, eager_student, eager_all_cycles, gemm()]
-    runs = timings(functions, repeats=15 if batch == 1 else 6)
+    runs = timings(functions, repeats=25 if batch == 1 else 10)
     return dict(zip(names, runs, strict=True))
 
 
@@ -145,7 +145,7 @@ def main() -> None:
     for threads, batch, speedup, share in verdicts:
         print(
             f"  {threads} thread(s), batch {batch}: {speedup:.2f}x "
-            f"[{'met' if speedup >= SPEEDUP_GOAL else 'NOT met'}], {100 * share:.0f}% "
+            f"[{'met' if speedup >= SPEEDUP_GOAL else 'NOT met'}], {100 * share:.1f}% "
             f"[{'met' if share >= EFFICIENCY_GOAL else 'NOT met'}]"
         )
 

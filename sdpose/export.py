@@ -190,6 +190,7 @@ def model_card(
         "params": info["params"],
         "gflops": info["gflops"],
         "gflops_with_attention": info["gflops_with_attention"],
+        "gflops_deployed": info["gflops_deployed"],  # this file's graph, attention included
         "student_ap": student.get("AP"),
         "student_metrics": student or None,
         "source_checkpoint": source,
