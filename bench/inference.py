@@ -99,6 +99,11 @@ def main() -> None:
     # every cycle after the first repeats the transformer and the readout, attention included
     extra = info["gflops_per_extra_cycle"] + info["gflops_with_attention"] - info["gflops"]
     all_cycles_flops = flops + 2e9 * extra * (info["cycles"] - 1)
+    work = {
+        "onnx student": deployed_flops,
+        "eager student": flops,
+        "eager all cycles": all_cycles_flops,
+    }
     model = build_model(PRESET).eval()
     with tempfile.TemporaryDirectory() as folder:
         onnx_path = Path(folder) / "student.onnx"
@@ -119,9 +124,7 @@ def main() -> None:
                 print(f"{threads:>3}{batch:>6}  matmul fp32 {GEMM_SIZE}^3: {peak:.1f} GFLOP/s")
                 for name, series in runs.items():
                     median, best = statistics.median(series), min(series)
-                    work = {"onnx student": deployed_flops, "eager all cycles": all_cycles_flops}
-                    work = work.get(name, flops)
-                    rate = work * batch / best / 1e9
+                    rate = work[name] * batch / best / 1e9
                     print(
                         f"{threads:>3}{batch:>6}  {name:<18}{1000 * median:>10.1f}"
                         f"{1000 * best:>9.1f}{rate:>9.1f}{f'{100 * rate / peak:.0f}%':>9}"

@@ -98,7 +98,7 @@ def test_parity_check_catches_a_graph_of_another_model(exported):
     images = torch.randn(1, 3, 256, 192)
     message = r"nano-None\.onnx: ONNX \(as written\) and PyTorch heatmaps differ"
     with pytest.raises(ExportError, match=message):
-        _parity_diff(StudentHeatmaps(other), path, images, atol=1e-4)
+        _parity_diff(StudentHeatmaps(other), path, [images], atol=1e-4)
 
 
 def test_model_card_states_origin_cost_and_contract(exported, tmp_path):
