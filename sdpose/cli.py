@@ -193,6 +193,8 @@ def _registry_list(args: argparse.Namespace) -> int:
     for row in rows:
         ap = "-" if row["student_ap"] is None else f"{row['student_ap']:.4f}"
         flag = "  <- champion" if row["champion"] else ""
+        if row.get("not_champion"):  # refused by the min_ap gate: say so, not just no flag
+            flag = f"  (not champion: {row['not_champion']})"
         print(f"v{row['version']:<4} student AP {ap:>7}  {row.get('preset') or '':<16}{flag}")
     return 0
 

@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import cv2
 import numpy as np
 import torch
 
 from sdpose.data.keypoints import FLIP_INDEX
+
+if TYPE_CHECKING:
+    from sdpose.config import Params
+    from sdpose.models.presets import ModelConfig
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 DecodeMethod = Literal["dark", "argmax"]
@@ -55,6 +59,20 @@ class HeatmapCodec:
             raise ValueError(f"sigma must be positive, got {self.sigma}")
         if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
             raise ValueError(f"blur_kernel must be a positive odd number, got {self.blur_kernel}")
+
+    @classmethod
+    def for_model(cls, config: ModelConfig, sigma: float = 2.0) -> HeatmapCodec:
+        """The codec of a model: its input and heatmap sizes, so the two never disagree."""
+        return cls(
+            input_size=tuple(config.input_size),
+            heatmap_size=tuple(config.heatmap_size),
+            sigma=sigma,
+        )
+
+    @classmethod
+    def for_params(cls, params: Params) -> HeatmapCodec:
+        """The codec of the configured model with the training sigma: every stage's codec."""
+        return cls.for_model(params.model.resolve(), params.train.sigma)
 
     # ----------------------------------------------------------------- geometry
     @property

@@ -61,10 +61,14 @@ class ModelParams(_Section):
     dim: int | None = Field(None, ge=8)
     depth: int | None = Field(None, ge=1)
     heads: int | None = Field(None, ge=1)
+    # [height, width] of the network input and of its heatmaps; null keeps the preset's.
+    # A new input_size alone keeps the preset's stride (the heatmap follows).
+    input_size: tuple[int, int] | None = None
+    heatmap_size: tuple[int, int] | None = None
 
-    def overrides(self) -> dict[str, int]:
+    def overrides(self) -> dict[str, Any]:
         """The architecture fields that differ from the preset."""
-        fields = ("cycles", "dim", "depth", "heads")
+        fields = ("cycles", "dim", "depth", "heads", "input_size", "heatmap_size")
         return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
 
     @model_validator(mode="after")
@@ -165,6 +169,9 @@ class RegistryParams(_Section):
     tracking_uri: str = "sqlite:///mlruns.db"
     experiment: str = "sdpose"
     model_name: str = "sdpose-student"
+    # A student below this AP (0-1 scale) is registered but never becomes the champion:
+    # with no champion yet, a near-zero model would otherwise take the slot by default.
+    min_ap: float = Field(0.05, ge=0, le=1)
 
 
 class Params(_Section):

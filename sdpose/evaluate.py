@@ -3,9 +3,10 @@
 SDPose's claim is that the one-cycle student is nearly as good as its all-cycles teacher
 at the price of one cycle; this stage measures exactly that for the best trained and the
 best tuned model (whichever exist): COCO AP of each cycle on the val crops (ground-truth
-or detector boxes, `evaluate.boxes`), with the official test protocol of
-`sdpose.training.validate` (flip test, DARK, rescoring, OKS-NMS, pycocotools), plus params,
-GFLOPs and measured latency. Outputs: metrics/eval.json, reports/eval.md and its PNGs.
+or detector boxes, `evaluate.boxes`), through `sdpose.inference` (flip test, DARK,
+rescoring, OKS-NMS, pycocotools: the path of validation and predict) with the codec of each
+model's own config, plus params, GFLOPs and measured latency. Outputs: metrics/eval.json,
+reports/eval.md and its PNGs.
 
 The val crops are decoded in this process with the feed's own `val_batch` rather than
 through a Ray Dataset: evaluation is one sequential pass whose cost is the network, and a
@@ -23,7 +24,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -31,11 +31,10 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
+from sdpose import inference
 from sdpose.codec import HeatmapCodec
 from sdpose.config import Params
 from sdpose.export import CANDIDATES
-from sdpose.models.outputs import CycleOutput
-from sdpose.training import validate
 
 BATCH_ROWS = 32
 METRICS_FILE = Path("metrics/eval.json")
@@ -77,78 +76,67 @@ def val_set(params: Params, workdir: Path) -> ValSet:
     return ValSet(split, annotations, boxes, len(pairs), digest.hexdigest()[:16])
 
 
-def val_batches(params: Params, workdir: Path, split: str) -> Iterator[dict[str, torch.Tensor]]:
-    """The val crops as tensors: images, center, scale, image_id, score, ... (feed's batch)."""
+def val_batches(
+    workdir: Path, split: str, codec: HeatmapCodec
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The val crops as tensors, warped to the codec's input size (the feed's `val_batch`)."""
     from sdpose.data.feed import crop_shards, val_batch
 
     for shard in crop_shards(workdir, split):
         table = pq.read_table(shard)
         for start in range(0, table.num_rows, BATCH_ROWS):
-            batch = val_batch(table.slice(start, BATCH_ROWS), params.train.sigma)
+            batch = val_batch(table.slice(start, BATCH_ROWS), codec)
             yield {name: torch.from_numpy(np.asarray(value)) for name, value in batch.items()}
 
 
 def evaluate_cycles(
-    model: nn.Module, params: Params, workdir: Path, val: ValSet, device: str = "cpu"
+    runner: inference.HeatmapRunner,
+    cycles: int,
+    codec: HeatmapCodec,
+    params: Params,
+    workdir: Path,
+    val: ValSet,
+    device: str = "cpu",
 ) -> tuple[list[dict[str, float]], list[dict]]:
-    """COCO figures of each cycle (C dicts) and the student's (cycle 1) COCO results.
+    """COCO figures of each of `cycles` cycles (C dicts) and the student's COCO results.
 
-    One forward with `cycles=C` gives every cycle's heatmaps; each cycle is then decoded
-    and scored on its own.
+    One network call gives every cycle's heatmaps; each cycle is decoded and scored alone.
     """
-    codec = HeatmapCodec(sigma=params.train.sigma)
-    cycles = model.config.cycles
-    found = [validate.Predictions() for _ in range(cycles)]
-    with torch.no_grad():
-        for batch in val_batches(params, workdir, val.split):
-            images = batch["images"].to(device)
-            maps = validate.cycle_heatmaps(model, images, cycles, codec, params.evaluate.flip_test)
-            center, scale = batch["center"].to(device), batch["scale"].to(device)
-            for predictions, heatmaps in zip(found, maps, strict=True):
-                keypoints = validate.decode_to_image(
-                    heatmaps, center, scale, codec, params.evaluate.decode
-                )
-                predictions.add(batch, keypoints)
-    scored = [_score(predictions, val.annotations, params) for predictions in found]
+    found = [inference.Predictions() for _ in range(cycles)]
+    for batch in val_batches(workdir, val.split, codec):
+        keypoints = inference.predict_crops(
+            runner, batch["images"].to(device), batch["center"], batch["scale"], codec,
+            params.evaluate,
+        )  # fmt: skip
+        for predictions, cycle_keypoints in zip(found, keypoints, strict=True):
+            predictions.add(batch, cycle_keypoints)
+    scored = [
+        inference.score(predictions, val.annotations, params.evaluate) for predictions in found
+    ]
     return [stats for stats, _ in scored], scored[0][1]
 
 
-def _score(
-    predictions: validate.Predictions, annotations: Path, params: Params
-) -> tuple[dict[str, float], list[dict]]:
-    from sdpose.evaluation import coco_keypoint_ap, topdown_results
-
-    if len(predictions) == 0:
-        return coco_keypoint_ap(annotations, []), []
-    results = topdown_results(
-        np.concatenate(predictions.image_ids),
-        np.concatenate(predictions.keypoints),
-        np.concatenate(predictions.box_scores),
-        np.concatenate(predictions.areas),
-        vis_thr=params.evaluate.vis_thr,
-        oks_thr=params.evaluate.oks_thr,
-    )
-    return coco_keypoint_ap(annotations, results), results
-
-
-class OnnxStudent:
-    """An ONNX student behind the model interface `validate` expects (one cycle)."""
-
-    def __init__(self, onnx_path: Path) -> None:
-        from sdpose.predict import onnx_runner
-
-        self.runner, _ = onnx_runner(onnx_path)
-        self.config = SimpleNamespace(cycles=1)
-
-    def __call__(self, images: torch.Tensor, cycles: int = 1) -> list[CycleOutput]:
-        heatmaps = torch.from_numpy(self.runner(np.ascontiguousarray(images.cpu().numpy())))
-        return [CycleOutput(heatmaps, None, None)]  # tokens are not part of the file
+def model_cycles(
+    model: nn.Module, params: Params, workdir: Path, val: ValSet, device: str = "cpu"
+) -> tuple[list[dict[str, float]], list[dict]]:
+    """`evaluate_cycles` of a PyTorch model: all its cycles, the codec of its own config."""
+    cycles = model.config.cycles
+    codec = HeatmapCodec.for_model(model.config, params.train.sigma)
+    with torch.no_grad():
+        return evaluate_cycles(
+            inference.model_runner(model, cycles), cycles, codec, params, workdir, val, device
+        )
 
 
 def onnx_student_ap(params: Params, workdir: Path, onnx_path: Path) -> float:
-    """AP of an exported student on the current val set (the registry's re-measurement)."""
-    val = val_set(params, workdir)
-    stats, _ = evaluate_cycles(OnnxStudent(onnx_path), params, workdir, val)
+    """AP of an exported student on the current val set (the registry's re-measurement).
+
+    The codec comes from the file's own input and output shapes.
+    """
+    from sdpose.predict import onnx_runner
+
+    runner, codec = onnx_runner(onnx_path)
+    stats, _ = evaluate_cycles(runner, 1, codec, params, workdir, val_set(params, workdir))
     return stats[0]["AP"]
 
 
@@ -180,7 +168,7 @@ def evaluate_checkpoint(
 
     model, _ = load_checkpoint(checkpoint)
     model = model.to(device).eval()
-    per_cycle, student_results = evaluate_cycles(model, params, workdir, val, device)
+    per_cycle, student_results = model_cycles(model, params, workdir, val, device)
     info = model_info(model.config)
     cycles = model.config.cycles
     entry = {

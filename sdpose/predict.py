@@ -1,18 +1,17 @@
 """`sdpose predict`: people's keypoints in real images with the exported ONNX student.
 
-Top-down, as in evaluation: each person box becomes a crop (aspect 192:256, padded 1.25)
-warped with the codec's affine, the network's heatmaps (averaged with those of the mirrored
-crop: the flip test) are decoded with DARK and mapped back to image pixels with the same
-box geometry, then rescored and OKS-NMSed as MMPose does. The network is any callable
-from crops to heatmaps, so evaluation (PyTorch, every cycle) and the tests (a network
-replaced by ground-truth heatmaps) run this very path.
+Top-down, as in evaluation: each person box becomes a crop (aspect 3:4, padded 1.25)
+warped with the codec's affine to the model's input size (read from the ONNX file), then
+`sdpose.inference` runs the path validation and evaluation run: the flip test, DARK, image
+pixels, rescoring and OKS-NMS. The network is any callable from crops to heatmaps, so the
+tests (a network replaced by ground-truth heatmaps) run this very path.
 
 Shapes: N persons, K keypoints, C cycles, Hi x Wi input, H x W heatmap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,11 @@ import cv2
 import numpy as np
 
 from sdpose.codec import HeatmapCodec
-from sdpose.config import Params
+from sdpose.config import EvaluateParams, Params
+from sdpose.data.augment import normalize_images
 from sdpose.data.prepare import center_scale
+from sdpose.inference import HeatmapRunner, InferenceError, Predictions, predict_crops
 
-# (N, 3, Hi, Wi) float32 normalised crops -> (..., N, K, H, W) heatmaps (leading axes: cycles).
-HeatmapRunner = Callable[[np.ndarray], np.ndarray]
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 DEFAULT_MODEL = Path("models/export/sdpose-student.onnx")
 RESULTS_NAME = "keypoints.json"
 BATCH = 16  # persons per network call (twice that with the flip test)
@@ -136,47 +132,16 @@ def whole_image_box(width: int, height: int) -> PersonBoxes:
 def crop_people(
     image: np.ndarray, center: np.ndarray, scale: np.ndarray, codec: HeatmapCodec
 ) -> np.ndarray:
-    """RGB image (H, W, 3) uint8 -> normalised crops (N, 3, Hi, Wi) float32."""
+    """RGB image (H, W, 3) uint8 -> normalised crops (N, 3, Hi, Wi) float32, as the feed's."""
     in_h, in_w = codec.input_size
-    crops = np.empty((len(center), 3, in_h, in_w), dtype=np.float32)
-    for index, matrix in enumerate(codec.affine_matrix(center, scale).reshape(-1, 2, 3)):
-        warped = cv2.warpAffine(image, matrix, (in_w, in_h), flags=cv2.INTER_LINEAR)
-        normalised = (warped.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-        crops[index] = normalised.transpose(2, 0, 1)
-    return crops
-
-
-def flip_test_heatmaps(
-    runner: HeatmapRunner, crops: np.ndarray, codec: HeatmapCodec, flip: bool = True
-) -> np.ndarray:
-    """Heatmaps (..., N, K, H, W) of the crops, averaged with those of the mirrored crops.
-
-    Both halves go through the network in one call; the mirrored half's maps are flipped
-    back (joints swapped, mmpose's one-pixel shift) before averaging.
-    """
-    count = len(crops)
-    batch = np.concatenate([crops, crops[..., ::-1]]) if flip else crops
-    heatmaps = np.asarray(runner(np.ascontiguousarray(batch)), dtype=np.float32)
-    if heatmaps.shape[-4] != len(batch):
-        raise PredictError(f"the network returned {heatmaps.shape} for {len(batch)} crops")
-    if not flip:
-        return heatmaps
-    plain, mirrored = heatmaps[..., :count, :, :, :], heatmaps[..., count:, :, :, :]
-    maps_shape = mirrored.shape[-3:]
-    restored = codec.flip_back(mirrored.reshape(-1, *maps_shape)).reshape(mirrored.shape)
-    return (plain + restored) * 0.5
-
-
-def decode_to_image(
-    heatmaps: np.ndarray, center: np.ndarray, scale: np.ndarray, codec: HeatmapCodec, method: str
-) -> np.ndarray:
-    """Heatmaps (..., N, K, H, W) -> keypoints (..., N, K, 3): image x, y and score."""
-    lead, maps_shape = heatmaps.shape[:-3], heatmaps.shape[-3:]
-    points, scores = codec.decode(np.ascontiguousarray(heatmaps.reshape(-1, *maps_shape)), method)
-    points = points.reshape(*lead, *points.shape[-2:]).astype(np.float64)
-    scores = scores.reshape(*lead, scores.shape[-1]).astype(np.float64)
-    in_image = codec.to_image(points, center, scale)
-    return np.concatenate([in_image, scores[..., None]], axis=-1)
+    bgr = np.ascontiguousarray(image[..., ::-1])
+    warped = [
+        cv2.warpAffine(bgr, matrix, (in_w, in_h), flags=cv2.INTER_LINEAR)
+        for matrix in codec.affine_matrix(center, scale).reshape(-1, 2, 3)
+    ]
+    if not warped:
+        return np.zeros((0, 3, in_h, in_w), dtype=np.float32)
+    return normalize_images(np.stack(warped))
 
 
 def predict_people(
@@ -187,14 +152,18 @@ def predict_people(
     flip: bool = True,
     method: str = "dark",
 ) -> np.ndarray:
-    """Keypoints (..., N, K, 3) in image pixels of the boxes of one image."""
+    """Keypoints (C, N, K, 3) in image pixels of the boxes of one image (C = 1 for a student)."""
     center, scale = boxes.center_scale()
+    settings = EvaluateParams(flip_test=flip, decode=method)
     parts = []
     for start in range(0, len(boxes), BATCH):
         window = slice(start, start + BATCH)
         crops = crop_people(image, center[window], scale[window], codec)
-        heatmaps = flip_test_heatmaps(runner, crops, codec, flip)
-        parts.append(decode_to_image(heatmaps, center[window], scale[window], codec, method))
+        try:
+            found = predict_crops(runner, crops, center[window], scale[window], codec, settings)
+        except InferenceError as error:
+            raise PredictError(str(error)) from None
+        parts.append(found)
     return np.concatenate(parts, axis=-3)
 
 
@@ -219,8 +188,8 @@ def onnx_runner(path: Path, threads: int = 0) -> tuple[HeatmapRunner, HeatmapCod
         )
     codec = HeatmapCodec(input_size=tuple(in_shape[2:]), heatmap_size=tuple(out_shape[2:]))
 
-    def run(crops: np.ndarray) -> np.ndarray:
-        return session.run([model_output.name], {model_input.name: crops})[0]
+    def run(crops: np.ndarray) -> np.ndarray:  # torch tensors on the CPU work too
+        return session.run([model_output.name], {model_input.name: np.ascontiguousarray(crops)})[0]
 
     return run, codec
 
@@ -266,7 +235,7 @@ def predict_with_runner(
     params: Params,
 ) -> dict[str, Any]:
     """`predict` with any network: the whole path from image files to results and PNGs."""
-    from sdpose.evaluation import topdown_results, write_results
+    from sdpose.evaluation import write_results
 
     if not images:
         raise PredictError("no images given")
@@ -274,28 +243,16 @@ def predict_with_runner(
     sizes = {image_id: (path, rgb.shape[1], rgb.shape[0]) for path, image_id, rgb in loaded}
     detections = load_person_boxes(boxes, sizes, params.evaluate.det_score_thr) if boxes else {}
     settings = params.evaluate
-    image_ids, keypoints, box_scores, areas, without_boxes = [], [], [], [], []
+    found, without_boxes = Predictions(), []
     for path, image_id, rgb in loaded:
         people = detections.get(image_id) if boxes else whole_image_box(rgb.shape[1], rgb.shape[0])
         if not people:
             without_boxes.append(str(path))
             continue
-        found = predict_people(rgb, people, runner, codec, settings.flip_test, settings.decode)
+        keypoints = predict_people(rgb, people, runner, codec, settings.flip_test, settings.decode)
         _, scale = people.center_scale()
-        image_ids += [image_id] * len(people)
-        keypoints.append(found)
-        box_scores.append(people.score)
-        areas.append(scale.prod(axis=1))
-    results = []
-    if keypoints:
-        results = topdown_results(
-            image_ids,
-            np.concatenate(keypoints),
-            np.concatenate(box_scores),
-            np.concatenate(areas),
-            settings.vis_thr,
-            settings.oks_thr,
-        )
+        found.add_people([image_id] * len(people), keypoints[0], people.score, scale)
+    results = found.results(settings)
     out_dir = Path(out_dir)
     results_path = write_results(results, out_dir / RESULTS_NAME)
     overlays = [

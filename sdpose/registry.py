@@ -2,9 +2,10 @@
 
 The `champion` alias is what deployments pull (`models:/sdpose-student@champion`), so it
 moves only when a new version's student AP beats the champion's on the same val set: a
-regression, or a number measured on other data, can never take the slot. The tracking
-store defaults to a SQLite file and the artifacts to a folder, both under the workdir, so
-a project folder carries its own registry and nothing is set globally (no
+regression, or a number measured on other data, can never take the slot. Nor can a student
+below `registry.min_ap`, even an empty slot: it is registered, tagged with why, not crowned.
+The tracking store defaults to a SQLite file and the artifacts to a folder, both under the
+workdir, so a project folder carries its own registry and nothing is set globally (no
 `mlflow.set_tracking_uri`): every call builds its own client.
 """
 
@@ -23,6 +24,7 @@ ARTIFACT_DIR = "model"  # run artifact folder holding the ONNX file and the mode
 ONNX_NAME = "sdpose-student.onnx"
 CARD_NAME = "model_card.json"
 SQLITE_PREFIX = "sqlite:///"
+NOT_CHAMPION_TAG = "not_champion"  # on a version refused by the min_ap gate: why
 
 
 class RegistryError(RuntimeError):
@@ -96,7 +98,8 @@ def register_student(
     `metrics["student_ap"]` is the comparison key and `val_set` a fingerprint of the data it
     was measured on. When the champion was measured on another val set, its AP means
     nothing here: `score_on_current_val(champion_onnx)` re-measures it if given, otherwise
-    the champion stays (a version is never promoted on an incomparable number).
+    the champion stays (a version is never promoted on an incomparable number). Below
+    `registry.min_ap` a version is registered and tagged `not_champion`, never promoted.
     Returns {version, student_ap, champion (bool), previous_champion, reason}.
     """
     if "student_ap" not in metrics or not math.isfinite(metrics["student_ap"]):
@@ -108,6 +111,8 @@ def register_student(
     artifact_uri = client.get_run(run_id).info.artifact_uri
     tags = {"student_ap": repr(float(metrics["student_ap"])), "val_set": val_set}
     tags |= {key: str(card[key]) for key in ("preset", "cycles", "params", "gflops") if key in card}
+    if (gate := _below_min_ap(params, metrics["student_ap"])) is not None:
+        tags[NOT_CHAMPION_TAG] = gate  # so `sdpose registry list` can say why it is not champion
     version = client.create_model_version(
         name, f"{artifact_uri}/{ARTIFACT_DIR}", run_id=run_id, tags=tags
     )
@@ -137,9 +142,12 @@ def _should_promote(
     val_set: str,
     score_on_current_val: Callable[[Path], float] | None,
 ) -> tuple[bool, str, float | None]:
-    """(promote, why, the champion's AP it was compared with)."""
+    """(promote, why, the champion's AP it was compared with: None if it was not)."""
+    if (gate := _below_min_ap(params, student_ap)) is not None:
+        # Checked first: no champion re-measurement is worth it for a version that cannot win.
+        return False, f"student AP {student_ap:.4f} is {gate}: registered, not champion", None
     if champion is None:
-        return True, "first version with a student AP: it becomes the champion", None
+        return True, f"no champion yet: student AP {student_ap:.4f} becomes the champion", None
     champion_ap = _float_tag(champion, "student_ap")
     if (champion.tags or {}).get("val_set") != val_set:
         if score_on_current_val is None:
@@ -153,6 +161,15 @@ def _should_promote(
         f"({champion_ap:.4f}); the champion stays",
         champion_ap,
     )
+
+
+def _below_min_ap(params: Params, student_ap: float) -> str | None:
+    """Why `student_ap` may not be champion ("below registry.min_ap 0.05"), None if it may.
+
+    Strictly below: a student exactly at the threshold passes.
+    """
+    min_ap = params.registry.min_ap
+    return f"below registry.min_ap {min_ap:g}" if student_ap < min_ap else None
 
 
 def _log_run(client, params, workdir, onnx_path, card, metrics, val_set) -> str:
@@ -185,7 +202,10 @@ def _ensure_registered_model(client, name: str) -> None:
 
 
 def list_versions(params: Params, workdir: Path) -> list[dict[str, Any]]:
-    """Every registered version, newest first: version, student AP, champion flag, ..."""
+    """Every registered version, newest first: version, student AP, champion flag, ...
+
+    `not_champion` is the min_ap gate's reason for a version it refused, else None.
+    """
     client = _client(params, workdir)
     name = params.registry.model_name
     champion = current_champion(params, workdir, client)
@@ -199,6 +219,7 @@ def list_versions(params: Params, workdir: Path) -> list[dict[str, Any]]:
             "preset": (version.tags or {}).get("preset"),
             "gflops": _float_tag(version, "gflops"),
             "val_set": (version.tags or {}).get("val_set"),
+            "not_champion": (version.tags or {}).get(NOT_CHAMPION_TAG),
             "run_id": version.run_id,
             "created": version.creation_timestamp,
             "source": version.source,

@@ -33,6 +33,7 @@ import numpy as np
 from sdpose.codec import HeatmapCodec, apply_affine
 from sdpose.config import AugmentParams
 from sdpose.data.keypoints import FLIP_INDEX, LOWER_BODY_IDS, UPPER_BODY_IDS
+from sdpose.models.presets import BOX_ASPECT
 
 Sample = dict[str, Any]
 Transform = Callable[[Sample, np.random.Generator], Sample]
@@ -101,7 +102,7 @@ class HalfBody:
 
     min_joints: int = 8
     prob: float = 0.3
-    aspect_ratio: float = 192 / 256  # input width / height
+    aspect_ratio: float = BOX_ASPECT  # input width / height
     upper_ids: Sequence[int] = UPPER_BODY_IDS
     lower_ids: Sequence[int] = LOWER_BODY_IDS
 

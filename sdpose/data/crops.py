@@ -44,10 +44,17 @@ MAX_LISTED_SKIPS = 1000  # the summary counts every skip but lists only the firs
 TASKS_PER_CPU = 4
 
 
-# A stored crop keeps the original resolution unless the box is taller than this: twice the
-# 256-pixel network input, so even the smallest train-time scale (0.65) sees no upsampling
-# of lost detail, while a 900-pixel person does not cost 5 MB per crop.
-MAX_BOX_HEIGHT = 512.0
+# A stored crop keeps the original resolution unless the box is taller than twice the
+# network input's height (`max_box_height`), so even the smallest train-time scale (0.65)
+# sees no upsampling of lost detail, while a 900-pixel person does not cost 5 MB per crop
+# and a 128x96 model does not decode pixels it never sees.
+INPUT_HEIGHTS_PER_BOX = 2
+MAX_BOX_HEIGHT = 512.0  # for the paper's 256x192 input
+
+
+def max_box_height(input_size: tuple[int, int]) -> float:
+    """The tallest box stored at full resolution, for a model input (h, w)."""
+    return float(INPUT_HEIGHTS_PER_BOX * input_size[0])
 
 MANIFEST_COLUMNS = ["image_id", "ann_id", "file_name", "width", "height", "center", "scale",
                     "keypoints", "num_keypoints", "area", "score"]  # fmt: skip
@@ -73,21 +80,26 @@ CROP_SCHEMA = pa.schema(
 
 # --------------------------------------------------------------------------- geometry
 def cut_crop(
-    image: np.ndarray, center: np.ndarray, scale: np.ndarray, context: float
+    image: np.ndarray,
+    center: np.ndarray,
+    scale: np.ndarray,
+    context: float,
+    max_height: float = MAX_BOX_HEIGHT,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The context window around a box, zero outside the image; and its crop -> image affine.
 
     image (H, W, C) uint8; center, scale (2,) original pixels. Returns the crop (h, w, C)
     and the (2, 3) affine taking crop pixel coordinates to original ones. At full
     resolution the window starts on a whole pixel, so the crop is an exact copy (no
-    resampling blur before the train-time warp). A box taller than MAX_BOX_HEIGHT is
-    resampled bilinearly, as mmpose samples every box from the full image.
+    resampling blur before the train-time warp). A box taller than `max_height` is
+    resampled bilinearly, as mmpose samples every box
+    from the full image.
     """
     win_w = max(1, math.ceil(context * float(scale[0])))
     win_h = max(1, math.ceil(context * float(scale[1])))
     x0 = round(float(center[0]) - win_w / 2)
     y0 = round(float(center[1]) - win_h / 2)
-    ratio = min(1.0, MAX_BOX_HEIGHT / float(scale[1]))
+    ratio = min(1.0, max_height / float(scale[1]))
     if ratio < 1.0:
         out_w, out_h = max(1, round(win_w * ratio)), max(1, round(win_h * ratio))
         step_x, step_y = win_w / out_w, win_h / out_h
@@ -137,7 +149,7 @@ def decode_crop(data: bytes, height: int, width: int, encoding: str) -> np.ndarr
 
 # --------------------------------------------------------------------------- rows
 def crop_rows(
-    rows: pa.Table, image_root: Path, params: CropsParams
+    rows: pa.Table, image_root: Path, params: CropsParams, max_height: float = MAX_BOX_HEIGHT
 ) -> tuple[pa.Table, list[dict[str, Any]]]:
     """Manifest rows -> crop rows (CROP_SCHEMA) and skipped rows with reasons.
 
@@ -162,7 +174,7 @@ def crop_rows(
                 empty = ImageError("empty_box", f"box scale {scales[i].tolist()} has no area")
                 skipped.append(_skip_record(people[i], path, empty))
                 continue
-            crop, to_image = cut_crop(image, centers[i], scales[i], params.context)
+            crop, to_image = cut_crop(image, centers[i], scales[i], params.context, max_height)
             out.append({**people[i], "crop": encode_crop(crop, params),
                         "encoding": params.encoding, "crop_height": crop.shape[0],
                         "crop_width": crop.shape[1], "crop_to_image": to_image.ravel(),
@@ -220,7 +232,7 @@ def _skip_record(person: dict[str, Any], path: Path, error: ImageError) -> dict[
 
 # --------------------------------------------------------------------------- Ray Data
 def crop_split(manifest: Path, image_root: Path, out_dir: Path, skip_dir: Path,
-               params: CropsParams) -> None:  # fmt: skip
+               params: CropsParams, max_height: float = MAX_BOX_HEIGHT) -> None:  # fmt: skip
     """One split through Ray Data: image-aligned manifest blocks -> crop -> Parquet shards.
 
     Ray Data's groupby would shuffle every row through all-to-all tasks to keep an image's
@@ -238,7 +250,8 @@ def crop_split(manifest: Path, image_root: Path, out_dir: Path, skip_dir: Path,
         _crop_block,
         batch_size=None,  # a whole block: splitting it could split an image's people
         batch_format="pyarrow",
-        fn_kwargs={"image_root": str(image_root), "params": params, "skip_dir": str(skip_dir)},
+        fn_kwargs={"image_root": str(image_root), "params": params, "skip_dir": str(skip_dir),
+                   "max_height": max_height},  # fmt: skip
     )
     ds.write_parquet(
         str(out_dir),
@@ -286,13 +299,15 @@ def _cluster_cpus() -> int:
     return int(ray.cluster_resources().get("CPU", 1))
 
 
-def _crop_block(rows: pa.Table, image_root: str, params: CropsParams, skip_dir: str) -> pa.Table:
+def _crop_block(
+    rows: pa.Table, image_root: str, params: CropsParams, skip_dir: str, max_height: float
+) -> pa.Table:
     """Ray Data UDF: rows of whole images -> crop rows; skipped rows go to small JSON files.
 
     A file per skipped row, named by its ann_id, so a retried task rewrites the same files.
     """
     cv2.setNumThreads(1)  # Ray runs one task per CPU: OpenCV's own threads would only fight
-    table, skipped = crop_rows(rows, Path(image_root), params)
+    table, skipped = crop_rows(rows, Path(image_root), params, max_height)
     if skipped:
         Path(skip_dir).mkdir(parents=True, exist_ok=True)
         for record in skipped:
@@ -320,14 +335,18 @@ def run(params: Params, workdir: Path) -> dict[str, Any]:
     manifests = find_manifests(workdir / "data" / "prepared")
     out_root = workdir / "data" / "crops"
     remove_abandoned_staging(out_root)
+    input_size = params.model.resolve().input_size
+    max_height = max_box_height(input_size)
     started = time.perf_counter()
     with staged_directory(out_root) as staging, ray_session(params.ray) as ray_info:
         for split, manifest in manifests.items():
             image_root = manifest_image_root(manifest, workdir)
             crop_split(manifest, image_root, staging / split, staging / SKIPPED / split,
-                       params.crops)  # fmt: skip
+                       params.crops, max_height)  # fmt: skip
         seconds = time.perf_counter() - started
         summary = summarize(staging, list(manifests), params.crops, seconds, ray_info)
+        # what the feed checks: crops are cut for one model input size
+        summary |= {"input_size": list(input_size), "max_box_height": max_height}
         shutil.rmtree(staging / SKIPPED, ignore_errors=True)
         _write_json(staging / "summary.json", summary)
     return summary

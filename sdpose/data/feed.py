@@ -1,7 +1,7 @@
 """The Ray Datasets that feed training and validation from the crop shards.
 
 train: read shards -> map_batches(decode crop, random shift/flip/half-body/scale/rotation,
-warp to 256x192, normalise, encode heatmap targets). The dataset is lazy, so every pass
+warp to the model's input size, normalise, encode heatmap targets). The dataset is lazy, so every pass
 re-executes the random step: Ray Train's `get_dataset_shard("train").iter_torch_batches()`
 in each epoch gets fresh augmentation without materialising anything (Ray's guidance for
 random transforms); memory is bounded by Ray's object-store budget, not the dataset size.
@@ -14,9 +14,11 @@ which it also uses to reseed file shuffles). Build with `epoch=start_epoch` when
 `show` on the same object count as passes. Shard order is shuffled per pass; rows within a
 shard come grouped by image, so consumers should mix with `local_shuffle_buffer_size`.
 
-Batch columns: images (N, 3, 256, 192) float32 ImageNet-normalised RGB, target
-(N, 17, 64, 48) float32, target_weight (N, 17) float32, ann_id (N,) int64; validation adds
-center, scale (N, 2) original pixels, image_id, score, area.
+Batch columns: images (N, 3, Hi, Wi) float32 ImageNet-normalised RGB, target (N, 17, H, W)
+float32, target_weight (N, 17) float32, ann_id (N,) int64; validation adds center, scale
+(N, 2) original pixels, image_id, score, area. The sizes are the model's
+(`HeatmapCodec.for_params`), and the crops must have been cut for that input size
+(`check_crop_resolution`).
 """
 
 from __future__ import annotations
@@ -44,25 +46,56 @@ from sdpose.data.crops import decode_crop, fixed_list_column
 if TYPE_CHECKING:
     import ray.data
 
-BATCH_ROWS = 32  # ~26 MB of float32 output per batch: big enough to amortise, small to stream
+BATCH_ROWS = 32  # at 256x192, ~26 MB of float32 output per batch: amortises, still streams
 NUM_KEYPOINTS = 17
 BLOCK_BYTES = 16 << 20
-# One sample as the feed emits it: image 3x256x192 and target 17x64x48, float32, and the rest
-SAMPLE_BYTES = 4 * (3 * 256 * 192 + NUM_KEYPOINTS * 64 * 48) + 1024
 CACHED_VAL_BYTES = 1 << 30
+
+
+class CropResolutionError(ValueError):
+    """Crops on disk were cut for another model input size than the configured one."""
+
+
+def sample_bytes(codec: HeatmapCodec) -> int:
+    """One sample as the feed emits it: float32 image and target, and the small columns."""
+    (in_h, in_w), (hm_h, hm_w) = codec.input_size, codec.heatmap_size
+    return 4 * (3 * in_h * in_w + NUM_KEYPOINTS * hm_h * hm_w) + 1024
 
 
 def crop_shards(workdir: Path, split: str) -> list[str]:
     """The shard files of a split, refusing output that `sdpose crops` did not finish."""
     root = Path(workdir) / "data" / "crops"
-    summary = root / "summary.json"
+    if split not in crops_summary(workdir).get("splits", {}):
+        raise FileNotFoundError(f"{root / 'summary.json'}: no split {split!r}; run `sdpose crops`")
+    return [str(path) for path in sorted((root / split).glob("part-*.parquet"))]
+
+
+def crops_summary(workdir: Path) -> dict:
+    """`data/crops/summary.json`, written last by `sdpose crops`."""
+    summary = Path(workdir) / "data" / "crops" / "summary.json"
     if not summary.exists():
         raise FileNotFoundError(
             f"{summary} missing: crops are absent or incomplete; run `sdpose crops`"
         )
-    if split not in json.loads(summary.read_text()).get("splits", {}):
-        raise FileNotFoundError(f"{summary}: no split {split!r}; run `sdpose crops`")
-    return [str(path) for path in sorted((root / split).glob("part-*.parquet"))]
+    return json.loads(summary.read_text())
+
+
+def check_crop_resolution(workdir: Path, codec: HeatmapCodec) -> None:
+    """Refuse crops cut for another input size: their stored resolution was chosen for it.
+
+    `sdpose crops` stores each crop at most at twice the model's input height
+    (`crops.max_box_height`), so crops made for 128x96 would starve a 256x192 model of
+    detail, and crops made for 256x192 cost a 128x96 feed four times the decoding.
+    """
+    summary = crops_summary(workdir)
+    made_for = summary.get("input_size")
+    if made_for is None or tuple(made_for) != tuple(codec.input_size):
+        raise CropResolutionError(
+            f"{Path(workdir) / 'data' / 'crops' / 'summary.json'}: the crops were cut for model "
+            f"input {made_for or 'of an older version'}, the model takes "
+            f"{list(codec.input_size)} (model.preset / model.input_size); rerun `sdpose crops` "
+            "(`dvc repro` does)"
+        )
 
 
 def train_dataset(params: Params, workdir: Path, epoch: int = 0) -> ray.data.Dataset:
@@ -70,6 +103,8 @@ def train_dataset(params: Params, workdir: Path, epoch: int = 0) -> ray.data.Dat
     import ray
     from ray.data import FileShuffleConfig
 
+    codec = HeatmapCodec.for_params(params)
+    check_crop_resolution(workdir, codec)
     file_order = FileShuffleConfig(seed=_mix(params.train.seed, epoch))  # reseeded per pass
     ds = ray.data.read_parquet(crop_shards(workdir, "train"), shuffle=file_order)
     ds = _in_small_blocks(ds).map_batches(
@@ -80,7 +115,7 @@ def train_dataset(params: Params, workdir: Path, epoch: int = 0) -> ray.data.Dat
             "augment": params.train.augment,
             "seed": params.train.seed,
             "epoch": epoch,
-            "sigma": params.train.sigma,
+            "codec": codec,
         },
     )
     return _small_block_bytes(ds)
@@ -90,12 +125,14 @@ def val_dataset(params: Params, workdir: Path, split: str = "val") -> ray.data.D
     """Validation samples (`val`, or `val_det` for detector boxes): warped, not augmented."""
     import ray
 
+    codec = HeatmapCodec.for_params(params)
+    check_crop_resolution(workdir, codec)
     ds = ray.data.read_parquet(crop_shards(workdir, split))
     ds = _in_small_blocks(ds).map_batches(
         val_batch,
         batch_size=BATCH_ROWS,
         batch_format="pyarrow",
-        fn_kwargs={"sigma": params.train.sigma},
+        fn_kwargs={"codec": codec},
     )
     return _small_block_bytes(ds)
 
@@ -109,7 +146,7 @@ def validation_feed(params: Params, workdir: Path, split: str = "val") -> ray.da
     fit in CACHED_VAL_BYTES is materialised; a larger one (COCO val: ~5 GB) streams.
     """
     ds = val_dataset(params, workdir, split)
-    if split_rows(workdir, split) * SAMPLE_BYTES <= CACHED_VAL_BYTES:
+    if split_rows(workdir, split) * sample_bytes(HeatmapCodec.for_params(params)) <= CACHED_VAL_BYTES:
         return ds.materialize()
     return ds
 
@@ -117,8 +154,7 @@ def validation_feed(params: Params, workdir: Path, split: str = "val") -> ray.da
 def split_rows(workdir: Path, split: str) -> int:
     """Crops in a split, from the summary `sdpose crops` writes last."""
     crop_shards(workdir, split)  # the same checks and messages
-    summary = json.loads((Path(workdir) / "data" / "crops" / "summary.json").read_text())
-    return int(summary["splits"][split]["rows"])
+    return int(crops_summary(workdir)["splits"][split]["rows"])
 
 
 def _in_small_blocks(ds: ray.data.Dataset) -> ray.data.Dataset:
@@ -142,12 +178,11 @@ def _small_block_bytes(ds: ray.data.Dataset) -> ray.data.Dataset:
 
 # --------------------------------------------------------------------------- batch UDFs
 def augment_batch(
-    rows: pa.Table, augment: AugmentParams, seed: int, epoch: int, sigma: float
+    rows: pa.Table, augment: AugmentParams, seed: int, epoch: int, codec: HeatmapCodec
 ) -> dict[str, np.ndarray]:
     """Crop rows -> augmented, normalised inputs with heatmap targets (see module doc)."""
     cv2.setNumThreads(1)  # one Ray task per CPU already
     epoch += _pass_index()
-    codec = HeatmapCodec(sigma=sigma)
     transforms = train_transforms(augment, codec)
     ann_ids = rows.column("ann_id").to_numpy()
     samples = [
@@ -157,10 +192,9 @@ def augment_batch(
     return {**_inputs_and_targets(samples, codec), "ann_id": ann_ids}
 
 
-def val_batch(rows: pa.Table, sigma: float) -> dict[str, np.ndarray]:
+def val_batch(rows: pa.Table, codec: HeatmapCodec) -> dict[str, np.ndarray]:
     """Crop rows -> inputs of the unaugmented box, targets, and what evaluation maps back."""
     cv2.setNumThreads(1)
-    codec = HeatmapCodec(sigma=sigma)
     warp = AffineToInput(codec)
     samples = [warp(sample) for sample in crop_samples(rows)]
     batch = _inputs_and_targets(samples, codec)

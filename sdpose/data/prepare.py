@@ -35,8 +35,8 @@ from sdpose.data.coco import (
     unsafe_file_name,
 )
 from sdpose.data.manifest import SCHEMA_VERSION, write_manifest
+from sdpose.models.presets import BOX_ASPECT
 
-INPUT_ASPECT = 192 / 256  # model input w / h
 BOX_PADDING = 1.25
 PREPARED_DIR = Path("data/prepared")
 SPLITS = ("train", "val")
@@ -59,10 +59,10 @@ def center_scale(bbox: list[float]) -> tuple[np.ndarray, np.ndarray]:
     """
     x, y, w, h = (float(value) for value in bbox)
     center = np.array([x + w / 2.0, y + h / 2.0])
-    if w > INPUT_ASPECT * h:
-        h = w / INPUT_ASPECT
+    if w > BOX_ASPECT * h:
+        h = w / BOX_ASPECT
     else:
-        w = h * INPUT_ASPECT
+        w = h * BOX_ASPECT
     return center, np.array([w, h]) * BOX_PADDING
 
 

@@ -1,9 +1,11 @@
 """The model zoo as plain data: one `ModelConfig` per preset, timm style.
 
 Torch-free on purpose: `sdpose.config` imports this module while validating params.yaml,
-and parameter validation must stay cheap. Every preset reads 3x256x192 crops and predicts
-17x64x48 heatmaps; the official numbers each preset reproduces are pinned in
-tests/unit/test_presets_cost.py.
+and parameter validation must stay cheap. The paper presets read 3x256x192 crops and predict
+17x64x48 heatmaps (the official numbers each reproduces are pinned in
+tests/unit/test_presets_cost.py); the nano presets, sized for CPU training, read 128x96 and
+predict 32x24. The sizes live here and nowhere else: the codec, the crops, the feed, the
+evaluation, the export and predict all take them from the model's config.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 BACKBONES = ("stem", "hrnet_w32", "none")
+# Width / height of every person box `sdpose prepare` writes, and so of every model input:
+# a model of another aspect would see stretched people.
+BOX_ASPECT = 3 / 4
 POS_EMBEDDINGS = ("sine-full", "sine")
-OVERRIDABLE = ("cycles", "dim", "depth", "heads")
+OVERRIDABLE = ("cycles", "dim", "depth", "heads", "input_size", "heatmap_size")
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,11 @@ class ModelConfig:
         return self.in_channels * self.patch_size[0] * self.patch_size[1]
 
     @property
+    def stride(self) -> int:
+        """Input pixels per heatmap pixel (the same on both axes; `_first_problem` checks)."""
+        return self.input_size[0] // self.heatmap_size[0]
+
+    @property
     def heatmap_hidden(self) -> int:
         """Hidden width of the heatmap MLP; 0 means a single linear layer.
 
@@ -122,19 +132,36 @@ def _first_problem(config: ModelConfig) -> str | None:
     if config.dim % 4:
         # The sine embedding splits dim into y and x halves of interleaved sin/cos pairs.
         return f"dim: {config.dim} must be divisible by 4 (sine position embedding)"
+    for field in ("input_size", "heatmap_size"):
+        size = getattr(config, field)
+        if len(size) != 2 or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in size):
+            return f"{field}: {list(size)} must be [height, width], two positive integers"
+    if config.backbone != "none" and any(size % 4 for size in config.input_size):
+        return f"input_size: {list(config.input_size)} must be divisible by 4 (the CNN stride)"
+    (in_h, in_w), (hm_h, hm_w) = config.input_size, config.heatmap_size
+    if in_w * 4 != in_h * 3:  # BOX_ASPECT, in integers
+        return (
+            f"input_size: {list(config.input_size)} must be [height, width] with width / height"
+            f" = 3 / 4, the aspect of the prepared person boxes (e.g. [256, 192], [128, 96])"
+        )
+    if in_h % hm_h or in_w % hm_w or in_h // hm_h != in_w // hm_w:
+        return (
+            f"heatmap_size: {list(config.heatmap_size)} must divide input_size "
+            f"{list(config.input_size)} by one integer stride on both axes (e.g. 4)"
+        )
     feature, patch = config.feature_size, config.patch_size
     if any(size % step for size, step in zip(feature, patch, strict=True)):
         return f"patch_size: {list(patch)} must divide the feature map {list(feature)}"
-    if config.backbone != "none" and any(size % 4 for size in config.input_size):
-        return f"input_size: {list(config.input_size)} must be divisible by 4"
     if config.heatmap_hidden_dim is not None and config.heatmap_hidden_dim < 0:
         return f"heatmap_hidden_dim: {config.heatmap_hidden_dim} must be >= 0 (0: one linear layer)"
     return None
 
 
 _S = {"depth": 12}  # the S architectures: the T transformer made twice as deep
-# A slim StemNet (16 wide, 2 bottlenecks, 64 channels out) and a 4-layer, 64-dim transformer:
-# 0.121 GMAC per inference, 0.186 per 2-cycle training forward (SDPose-T: 1.799 / 3.052).
+# A slim StemNet (16 wide, 2 bottlenecks, 64 channels out) and a 4-layer, 64-dim transformer
+# # on 128x96 crops (32x24 heatmaps; the 32x24 feature map cut into 4x3 patches: 64 visual
+# tokens). At 256x192 this model stays on the flat-heatmap
+# plateau for 1,000+ CPU iterations; at 128x96 it learns in minutes (docs/training.md).
 _NANO = {
     "stem_channels": 16,
     "stem_planes": 16,
@@ -142,6 +169,8 @@ _NANO = {
     "dim": 64,
     "depth": 4,
     "heads": 4,
+    "input_size": (128, 96),
+    "heatmap_size": (32, 24),
 }
 
 PRESETS: dict[str, ModelConfig] = {
@@ -162,8 +191,8 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
-def resolve_model_config(name: str, **overrides: int) -> ModelConfig:
-    """A preset with `cycles`, `dim`, `depth` or `heads` replaced, checked as a whole.
+def resolve_model_config(name: str, **overrides: Any) -> ModelConfig:
+    """A preset with any of OVERRIDABLE replaced, checked as a whole.
 
     Raises ValueError("field: rule"), e.g. "dim: 100 must be divisible by heads (8)".
     """
@@ -173,5 +202,16 @@ def resolve_model_config(name: str, **overrides: int) -> ModelConfig:
         if field not in OVERRIDABLE:
             allowed = ", ".join(OVERRIDABLE)
             raise ValueError(f"{field}: cannot override this field; allowed: {allowed}")
-    values = {key: value for key, value in overrides.items() if value is not None}
-    return dataclasses.replace(PRESETS[name], **values)
+    preset = PRESETS[name]
+    values = {
+        key: tuple(value) if isinstance(value, list) else value
+        for key, value in overrides.items()
+        if value is not None
+    }
+    if "input_size" in values and "heatmap_size" not in values:
+        # A new input size keeps the preset's stride: the heatmap follows the input.
+        values["heatmap_size"] = tuple(
+            size // preset.stride if isinstance(size, int) else size
+            for size in values["input_size"]
+        )
+    return dataclasses.replace(preset, **values)

@@ -123,7 +123,7 @@ def run_epoch(trainee: Trainee, epoch: int, params: Params, annotations: Path) -
     # worker reads all of it and predicts every world_size-th batch.
     val_batches = ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=per_worker_batch)
     own_share = (batch for index, batch in enumerate(val_batches) if index % world_size == rank)
-    codec = HeatmapCodec(sigma=params.train.sigma)
+    codec = HeatmapCodec.for_model(unwrap(trainee.model).config, params.train.sigma)
     return row | validate_epoch(trainee, own_share, codec, params, annotations)
 
 

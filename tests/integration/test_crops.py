@@ -26,7 +26,7 @@ import pytest
 import yaml
 from ray.data.dataset import MaterializedDataset
 
-from sdpose.codec import apply_affine
+from sdpose.codec import HeatmapCodec, apply_affine
 from sdpose.config import Params, load_params
 from sdpose.data import crops, feed
 from sdpose.data.manifest import write_manifest
@@ -209,13 +209,14 @@ def test_feed_batches_and_epoch_reseeding(coco_crops):
 @pytest.mark.timeout(300)
 def test_small_validation_split_is_computed_once(coco_crops, monkeypatch):
     params = Params()
+    sample_bytes = feed.sample_bytes(HeatmapCodec.for_params(params))
     cached = feed.validation_feed(params, coco_crops)
     assert isinstance(cached, MaterializedDataset)
     expected = feed.val_dataset(params, coco_crops).take_all()
     assert sorted(row["ann_id"] for row in cached.take_all()) == sorted(
         row["ann_id"] for row in expected
     )
-    monkeypatch.setattr(feed, "CACHED_VAL_BYTES", feed.SAMPLE_BYTES * (len(expected) - 1))
+    monkeypatch.setattr(feed, "CACHED_VAL_BYTES", sample_bytes * (len(expected) - 1))
     assert not isinstance(feed.validation_feed(params, coco_crops), MaterializedDataset)
 
 

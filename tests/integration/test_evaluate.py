@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from sdpose.codec import HeatmapCodec
 from sdpose.config import Params
-from sdpose.evaluate import evaluate_cycles, onnx_student_ap, run, val_batches, val_set
+from sdpose.evaluate import model_cycles, onnx_student_ap, run, val_batches, val_set
 from sdpose.models import build_model
 from sdpose.models.checkpoint import save_checkpoint
 from sdpose.models.outputs import CycleOutput
@@ -59,7 +60,7 @@ class TargetNetwork(torch.nn.Module):
         super().__init__()
         self.config = build_model("sdpose-nano").config  # two cycles
         self.targets = {}
-        for batch in val_batches(params, workdir, "val"):
+        for batch in val_batches(workdir, "val", HeatmapCodec.for_params(params)):
             for image, target in zip(batch["images"], batch["target"], strict=True):
                 self.targets[image.numpy().tobytes()] = target
 
@@ -72,7 +73,7 @@ def test_every_cycle_is_scored_on_its_own(workdir):
     params = coco_params(workdir, flip_test=False)
     network = TargetNetwork(params, workdir)
     val = val_set(params, workdir)
-    per_cycle, student_results = evaluate_cycles(network, params, workdir, val)
+    per_cycle, student_results = model_cycles(network, params, workdir, val)
     assert val.instances == 12  # the 14 annotations less the two without keypoints
     assert len(per_cycle) == 2
     assert per_cycle[0]["AP"] >= 0.99  # the ground truth, through decode and scoring
@@ -120,7 +121,7 @@ def test_onnx_student_scores_like_the_pytorch_student(workdir, tmp_path):
     export_onnx(model, tmp_path / "student.onnx", parity_batches=(1,))
     params = coco_params(workdir)
     val = val_set(params, workdir)
-    per_cycle, _ = evaluate_cycles(model, params, workdir, val)
+    per_cycle, _ = model_cycles(model, params, workdir, val)
     assert onnx_student_ap(params, workdir, tmp_path / "student.onnx") == pytest.approx(
         per_cycle[0]["AP"], abs=1e-3
     )

@@ -16,6 +16,7 @@ from sdpose import registry
 from sdpose.config import Params
 from sdpose.export import export_onnx
 from sdpose.models import build_model
+from sdpose.models.presets import resolve_model_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -33,10 +34,17 @@ def students(tmp_path_factory) -> list[Path]:
     return paths
 
 
-def register(workdir: Path, onnx: Path, ap: float, val_set: str = "val-A", **kwargs) -> dict:
+def register(
+    workdir: Path,
+    onnx: Path,
+    ap: float,
+    val_set: str = "val-A",
+    params: Params | None = None,
+    **kwargs,
+) -> dict:
     card = {"preset": "sdpose-nano", "cycles": 2, "params": 1, "gflops": 0.15}
     return registry.register_student(
-        Params(), workdir, onnx, card, {"student_ap": ap}, val_set, **kwargs
+        params or Params(), workdir, onnx, card, {"student_ap": ap}, val_set, **kwargs
     )
 
 
@@ -91,8 +99,10 @@ def test_champion_loads_by_alias_through_mlflow(students, tmp_path, monkeypatch)
     card = json.loads((Path(folder) / "model_card.json").read_text())
     assert card["preset"] == "sdpose-nano"
     session = ort.InferenceSession(str(downloaded), providers=["CPUExecutionProvider"])
-    images = np.zeros((2, 3, 256, 192), dtype=np.float32)
-    assert session.run(["heatmaps"], {"images": images})[0].shape == (2, 17, 64, 48)
+    config = resolve_model_config("sdpose-nano")  # the preset's sizes, whatever they are
+    images = np.zeros((2, 3, *config.input_size), dtype=np.float32)
+    heatmaps = session.run(["heatmaps"], {"images": images})[0]
+    assert heatmaps.shape == (2, 17, *config.heatmap_size)
     assert digest(registry.load_onnx(Params(), workdir, "models:/sdpose-student/1")) == digest(
         students[0]
     )
@@ -115,6 +125,70 @@ def test_a_champion_from_another_val_set_is_re_measured_before_it_is_compared(st
     assert outcome["champion"] and outcome["previous_champion_ap"] == 0.7
     outcome = register(tmp_path, students[0], 0.75, val_set="val-B")  # same val set now
     assert not outcome["champion"] and outcome["previous_champion_ap"] == 0.8
+
+
+def test_a_student_below_min_ap_is_registered_but_never_becomes_the_champion(
+    students, tmp_path, monkeypatch, capsys
+):
+    from sdpose.cli import main
+
+    # An empty slot is no excuse: a near-zero student stays out of it.
+    outcome = register(tmp_path, students[0], 0.0)
+    assert not outcome["champion"] and outcome["version"] == 1
+    assert outcome["previous_champion"] is None
+    assert outcome["reason"] == (
+        "student AP 0.0000 is below registry.min_ap 0.05: registered, not champion"
+    )
+    assert registry.current_champion(Params(), tmp_path) is None
+    with pytest.raises(registry.RegistryError, match="@champion"):
+        registry.load_onnx(Params(), tmp_path, "models:/sdpose-student@champion")
+    assert not register(tmp_path, students[0], 0.049)["champion"]  # just below still fails
+
+    # The first student above the gate takes the empty slot.
+    outcome = register(tmp_path, students[1], 0.30)
+    assert outcome["champion"] and outcome["version"] == 3
+    assert outcome["previous_champion"] is None
+    assert digest(registry.load_onnx(Params(), tmp_path, "models:/sdpose-student@champion")) == (
+        digest(students[1])
+    )
+
+    # With a champion in place the gate still holds, even for a student that beats it.
+    strict = Params.model_validate({"registry": {"min_ap": 0.6}})
+    outcome = register(tmp_path, students[0], 0.5, params=strict)
+    assert not outcome["champion"] and outcome["previous_champion"] == 3
+    assert "below registry.min_ap 0.6" in outcome["reason"]
+    assert int(registry.current_champion(Params(), tmp_path).version) == 3
+
+    rows = registry.list_versions(Params(), tmp_path)
+    assert [row["version"] for row in rows] == [4, 3, 2, 1]
+    assert [row["champion"] for row in rows] == [False, True, False, False]
+    assert [row["not_champion"] for row in rows] == [
+        "below registry.min_ap 0.6",
+        None,
+        "below registry.min_ap 0.05",
+        "below registry.min_ap 0.05",
+    ]
+
+    monkeypatch.chdir(tmp_path)  # `sdpose registry list` reads the registry of the cwd
+    assert main(["registry", "list", "--params", str(tmp_path / "absent.yaml")]) == 0
+    lines = dict(line.split(" ", 1) for line in capsys.readouterr().out.splitlines())
+    assert lines["v4"].endswith("  (not champion: below registry.min_ap 0.6)")
+    assert lines["v3"].endswith("  <- champion")
+    assert lines["v1"].endswith("  (not champion: below registry.min_ap 0.05)")
+    assert "0.0000" in lines["v1"]
+
+
+def test_an_out_of_range_min_ap_is_a_config_error_naming_the_key(tmp_path, monkeypatch, capsys):
+    from sdpose.cli import main
+    from sdpose.config import ConfigError, load_params
+
+    with pytest.raises(ConfigError, match=r"registry\.min_ap"):
+        load_params(tmp_path / "absent.yaml", ["registry.min_ap=2"])
+    monkeypatch.chdir(tmp_path)
+    argv = ["registry", "list", "--params", str(tmp_path / "absent.yaml")]
+    assert main([*argv, "--set", "registry.min_ap=2"]) == 2
+    assert "registry.min_ap" in capsys.readouterr().err
+    assert not (tmp_path / "mlruns.db").exists()  # refused before the registry was opened
 
 
 def test_predict_takes_a_registry_uri(students, tmp_path):

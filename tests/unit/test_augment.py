@@ -18,6 +18,7 @@ from sdpose.config import AugmentParams, CropsParams
 from sdpose.data import augment, crops, feed
 from sdpose.data.keypoints import FLIP_INDEX, FLIP_PAIRS
 from sdpose.data.manifest import SCHEMA
+from sdpose.models.presets import resolve_model_config as build_model_config
 
 pytestmark = pytest.mark.unit
 
@@ -180,7 +181,7 @@ def test_big_box_is_downsampled_and_still_exact(tmp_path):
 
 def test_same_seed_same_sample_whatever_the_batching(dot_crops):
     table = dot_crops["raw"]
-    kwargs = {"augment": AugmentParams(), "seed": 3, "epoch": 5, "sigma": 2.0}
+    kwargs = {"augment": AugmentParams(), "seed": 3, "epoch": 5, "codec": HeatmapCodec()}
     whole = feed.augment_batch(table, **kwargs)
     halves = [feed.augment_batch(table.slice(0, 7), **kwargs),
               feed.augment_batch(table.slice(7), **kwargs)]  # fmt: skip
@@ -190,22 +191,26 @@ def test_same_seed_same_sample_whatever_the_batching(dot_crops):
     assert not np.array_equal(whole["images"], other_epoch["images"])
 
 
-def test_batch_shapes_targets_and_normalisation(dot_crops):
+@pytest.mark.parametrize("preset", ["sdpose-t", "sdpose-nano"])  # 256x192 and 128x96
+def test_batch_shapes_targets_and_normalisation(dot_crops, preset):
     table = dot_crops["raw"]
-    batch = feed.augment_batch(table, AugmentParams(), seed=0, epoch=0, sigma=2.0)
+    config = build_model_config(preset)
+    codec = HeatmapCodec.for_model(config)
+    (in_h, in_w), (hm_h, hm_w) = config.input_size, config.heatmap_size
+    batch = feed.augment_batch(table, AugmentParams(), seed=0, epoch=0, codec=codec)
     n = table.num_rows
-    assert batch["images"].shape == (n, 3, 256, 192) and batch["images"].dtype == np.float32
-    assert batch["target"].shape == (n, 17, 64, 48) and batch["target"].dtype == np.float32
+    assert batch["images"].shape == (n, 3, in_h, in_w) and batch["images"].dtype == np.float32
+    assert batch["target"].shape == (n, 17, hm_h, hm_w) and batch["target"].dtype == np.float32
     assert batch["target_weight"].shape == (n, 17)
     # a black pixel normalises to -mean/std per RGB channel
     black = -np.array([0.485, 0.456, 0.406]) / np.array([0.229, 0.224, 0.225])
     np.testing.assert_allclose(batch["images"][0, :, 0, 0], black, rtol=1e-5)
-    val = feed.val_batch(table, sigma=2.0)
-    # unaugmented: every joint's heatmap peak sits at its keypoint / 4 (stride of 256 -> 64)
-    samples = [augment.AffineToInput(HeatmapCodec())(s) for s in feed.crop_samples(table)]
+    val = feed.val_batch(table, codec)
+    # unaugmented: every joint's heatmap peak sits at its keypoint / stride (4 at both sizes)
+    samples = [augment.AffineToInput(codec)(s) for s in feed.crop_samples(table)]
     peaks = val["target"][0].reshape(17, -1).argmax(axis=1)
-    expected = np.round(samples[0]["keypoints"] / 4).astype(int)
-    np.testing.assert_array_equal(np.stack([peaks % 48, peaks // 48], 1), expected)
+    expected = np.round(samples[0]["keypoints"] / config.stride).astype(int)
+    np.testing.assert_array_equal(np.stack([peaks % hm_w, peaks // hm_w], 1), expected)
     np.testing.assert_array_equal(val["target_weight"][0], np.ones(17, np.float32))
     assert set(val) >= {"center", "scale", "image_id", "ann_id", "score", "area"}
 

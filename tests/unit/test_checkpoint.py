@@ -122,7 +122,7 @@ def test_save_load_round_trip(tmp_path):
     loaded, payload = load_checkpoint(path)
     assert loaded.config == model.config
     assert payload["best_ap"] == 0.5 and payload["preset"] == "sdpose-nano"
-    images = torch.randn(1, 3, 256, 192)
+    images = torch.randn(1, 3, *model.config.input_size)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images, cycles=3), model(images, cycles=3))
 

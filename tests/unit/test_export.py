@@ -68,12 +68,12 @@ def test_export_matches_pytorch_for_every_preset(preset, exported):
     assert [i.name for i in graph.graph.input] == ["images"]
     assert [o.name for o in graph.graph.output] == ["heatmaps"]
     # Dynamic batch: a batch size never seen at export still runs, and matches PyTorch.
-    images = torch.randn(3, 3, 256, 192, generator=torch.Generator().manual_seed(1))
+    images = torch.randn(3, 3, *model.config.input_size, generator=torch.Generator().manual_seed(1))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (heatmaps,) = session.run(["heatmaps"], {"images": images.numpy()})
     with torch.no_grad():
         expected = model(images, cycles=1)[0].heatmaps.numpy()
-    assert heatmaps.shape == (3, 17, 64, 48)
+    assert heatmaps.shape == (3, 17, *model.config.heatmap_size)
     assert expected.std() > 0.05  # the comparison is about real signal
     assert np.abs(heatmaps - expected).max() <= 1e-4
 
@@ -95,7 +95,7 @@ def test_sdpose_t_onnx_holds_one_cycle_whatever_the_training_cycles(exported):
 def test_parity_check_catches_a_graph_of_another_model(exported):
     _, path, _ = exported("sdpose-nano")
     other = realistic_weights(build_model("sdpose-nano"), seed=1)
-    images = torch.randn(1, 3, 256, 192)
+    images = torch.randn(1, 3, *other.config.input_size)
     message = r"nano-None\.onnx: ONNX \(as written\) and PyTorch heatmaps differ"
     with pytest.raises(ExportError, match=message):
         _parity_diff(StudentHeatmaps(other), path, [images], atol=1e-4)
@@ -110,8 +110,8 @@ def test_model_card_states_origin_cost_and_contract(exported, tmp_path):
     assert card["preset"] == "sdpose-nano" and card["training_cycles"] == 2
     assert card["exported_cycles"] == 1 and card["student_ap"] == 0.42
     assert card["epoch"] == 7 and card["source_checkpoint"] == "models/train/best.pt"
-    assert card["input"]["shape"] == ["N", 3, 256, 192] and card["input"]["name"] == "images"
-    assert card["output"]["shape"] == ["N", 17, 64, 48] and card["output"]["name"] == "heatmaps"
+    assert card["input"]["shape"] == ["N", 3, 128, 96] and card["input"]["name"] == "images"
+    assert card["output"]["shape"] == ["N", 17, 32, 24] and card["output"]["name"] == "heatmaps"
     assert card["onnx"]["opset"] >= 17
     assert 0 < card["gflops"] < 1  # the nano student: about 0.15 GMACs
     # the shipped graph skips the last layer's unread visual tokens

@@ -13,8 +13,8 @@ from sdpose.models.cost import count_macs, model_info
 pytestmark = pytest.mark.unit
 
 
-def _images(batch: int) -> torch.Tensor:
-    return torch.randn(batch, 3, 256, 192, generator=torch.Generator().manual_seed(0))
+def _images(batch: int, size: tuple[int, int] = PRESETS["sdpose-nano"].input_size) -> torch.Tensor:
+    return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
@@ -23,12 +23,12 @@ def test_forward_backward_every_preset(preset):
     model = build_model(preset).train()
     config = model.config
     batch = 2 if "nano" in preset else 1  # the paper sizes at batch 1 keep the suite fast
-    outputs = model(_images(batch))
+    outputs = model(_images(batch, config.input_size))
     assert len(outputs) == config.cycles
     patches = config.num_patches
     for output in outputs:
         assert isinstance(output, CycleOutput)
-        assert output.heatmaps.shape == (batch, 17, 64, 48)
+        assert output.heatmaps.shape == (batch, 17, *config.heatmap_size)
         assert output.keypoint_tokens.shape == (batch, 17, config.dim)
         assert output.visual_tokens.shape == (batch, patches, config.dim)
     loss = sum(output.heatmaps.square().mean() for output in outputs)
@@ -97,7 +97,7 @@ def test_student_inference_costs_one_cycle(preset):
     one_cycle = dataclasses.replace(config, cycles=1)
     with torch.device("meta"):
         model = build_model(config).eval()
-        images = torch.empty(1, 3, 256, 192)
+        images = torch.empty(1, 3, *config.input_size)
     default_macs = count_macs(model, images, cycles=None)
     assert default_macs == round(model_info(one_cycle)["gflops"] * 1e9)
     all_cycles = count_macs(model, images, cycles=config.cycles)

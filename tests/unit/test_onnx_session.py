@@ -43,14 +43,16 @@ def test_swap_covers_every_layer_and_leaves_the_file_untouched(student_file):
 
 
 def test_contrib_and_standard_sessions_agree(student_file):
-    images = torch.randn(3, 3, 256, 192, generator=torch.Generator().manual_seed(2)).numpy()
+    config = build_model("sdpose-nano").config
+    images = torch.randn(3, 3, *config.input_size, generator=torch.Generator().manual_seed(2))
+    images = images.numpy()
     standard, contrib = (
         cpu_session(student_file, threads=1, contrib_attention=contrib).run(
             None, {"images": images}
         )[0]
         for contrib in (False, True)
     )
-    assert standard.shape == (3, 17, 64, 48)
+    assert standard.shape == (3, 17, *config.heatmap_size)
     np.testing.assert_allclose(contrib, standard, rtol=0, atol=1e-5)
 
 

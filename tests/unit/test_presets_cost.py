@@ -88,11 +88,28 @@ def test_twins_share_the_architecture():
         )
 
 
-def test_every_preset_reads_256x192_and_writes_17x64x48():
-    for config in PRESETS.values():
-        assert config.input_size == (256, 192)
-        assert config.heatmap_size == (64, 48)
-        assert config.num_keypoints == 17
+def test_paper_presets_read_256x192_and_nano_128x96():
+    for name, config in PRESETS.items():
+        cpu_sized = name.endswith("-nano")
+        assert config.input_size == ((128, 96) if cpu_sized else (256, 192))
+        assert config.heatmap_size == ((32, 24) if cpu_sized else (64, 48))
+        assert config.num_keypoints == 17 and config.stride == 4
+
+
+def test_input_size_override_keeps_the_stride_and_is_checked():
+    config = resolve_model_config("sdpose-nano", input_size=[256, 192])
+    assert (config.input_size, config.heatmap_size) == ((256, 192), (64, 48))
+    assert config.patch_grid == (16, 16)
+    explicit = resolve_model_config("sdpose-t", input_size=(128, 96), heatmap_size=(64, 48))
+    assert explicit.stride == 2
+    for bad, field in [
+        ({"input_size": [128, 128]}, "input_size"),  # not the boxes' 3:4 aspect
+        ({"input_size": [130, 97]}, "input_size"),  # not a multiple of the CNN stride
+        ({"input_size": [128, 96], "heatmap_size": [32, 20]}, "heatmap_size"),
+        ({"input_size": [128, 96], "heatmap_size": [48, 24]}, "heatmap_size"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{field}: "):
+            resolve_model_config("sdpose-nano", **bad)
 
 
 def test_nano_is_cheap(table):

@@ -31,7 +31,7 @@ def _lively(model: torch.nn.Module) -> torch.nn.Module:
 @pytest.mark.parametrize("fused", [True, False])
 def test_student_graph_reproduces_the_first_cycle(fused):
     model = _lively(build_model("sdpose-nano"))
-    images = torch.randn(2, 3, 256, 192, generator=torch.Generator().manual_seed(0))
+    images = torch.randn(2, 3, *model.config.input_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(images, cycles=1)[0].heatmaps
         heatmaps = StudentHeatmaps(model, fused_attention=fused)(images)
