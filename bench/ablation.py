@@ -9,7 +9,11 @@ spread (sample standard deviation), plus the teacher AP and the student's (cycle
 heatmap loss, which moves long before AP leaves 0 on a short budget. The student costs the
 same at inference in every row, so any AP difference is what the cycles bought in training.
 
-Usage: python bench/ablation.py [--epochs 10] [--train-images 300] [--val-images 60]
+Resumable run by run: every finished run is appended to DIR/runs.jsonl with the settings
+it was made with; a restarted benchmark with the same settings skips those runs and
+trains only the missing ones (a stopped run is trained again from its start).
+
+Usage: python bench/ablation.py [--epochs 8] [--train-images 3000] [--val-images 200]
        [--seeds 0 1 2] [--workdir DIR]   (the dataset is built once under DIR/data)
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -35,15 +40,38 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
 
 
 def base_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Data and schedule shared by every run: lr steps at 70% and 90% of the epochs."""
-    steps = sorted({max(1, round(args.epochs * 0.7)), max(1, round(args.epochs * 0.9))})
+    """Data and budget shared by every run; the recipe is params.yaml's."""
     return {
         "synth.train_images": args.train_images,
         "synth.val_images": args.val_images,
         "train.epochs": args.epochs,
-        "train.lr_steps": [step for step in steps if step < args.epochs],
-        "train.warmup_iters": 50,
     }
+
+
+def run_key(label: str, seed: int, overrides: dict[str, Any]) -> str:
+    """What makes two runs the same run: configuration, seed and every shared setting."""
+    return json.dumps({"label": label, "seed": seed, "overrides": overrides}, sort_keys=True)
+
+
+def finished_runs(log: Path) -> dict[str, dict[str, Any]]:
+    """Runs recorded by earlier invocations (a torn last line from a kill is ignored)."""
+    done: dict[str, dict[str, Any]] = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[record["key"]] = record["result"]
+    return done
+
+
+def record_run(log: Path, key: str, result: dict[str, Any]) -> None:
+    """Append one finished run; one line written with one call, flushed to disk."""
+    with log.open("a") as handle:
+        handle.write(json.dumps({"key": key, "result": result}) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def build_dataset(params: Params, root: Path) -> None:
@@ -87,9 +115,9 @@ def spread(values: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--train-images", type=int, default=300)
-    parser.add_argument("--val-images", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--train-images", type=int, default=3000)
+    parser.add_argument("--val-images", type=int, default=200)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sdpose-ablation"))
     args = parser.parse_args()
@@ -98,8 +126,11 @@ def main() -> None:
 
     root = args.workdir.resolve()
     root.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile("params.yaml", root / "params.yaml")  # the project's recipe
     shared = base_overrides(args)
     params = load_params(root / "params.yaml", shared)
+    log = root / "runs.jsonl"
+    done = finished_runs(log)
     started = time.perf_counter()
     rows: list[tuple[str, list[dict[str, Any]]]] = [(label, []) for label, _ in CONFIGS]
     with ray_session(params.ray):  # one Ray for the dataset and all nine runs
@@ -107,11 +138,18 @@ def main() -> None:
         # seed by seed, so that a stopped benchmark still holds paired comparisons
         for seed in args.seeds:
             for (label, model), (_, runs) in zip(CONFIGS, rows, strict=True):
-                runs.append(train_once(root, {**shared, **model}, seed))
-                last = runs[-1]
+                key = run_key(label, seed, {**shared, **model})
+                resumed = key in done
+                if not resumed:
+                    done[key] = train_once(root, {**shared, **model}, seed)
+                    record_run(log, key, done[key])
+                last = done[key]
+                runs.append(last)
+                source = f"from {log.name}" if resumed else f"{last['wall_time_s']:.0f} s"
                 print(
                     f"seed {seed} {label:<26} student AP {last['student_ap']:.4f} "
-                    f"teacher AP {last['teacher_ap']:.4f} student loss {last['student_loss']:.6f}",
+                    f"teacher AP {last['teacher_ap']:.4f} student loss {last['student_loss']:.6f}"
+                    f" ({source})",
                     flush=True,
                 )
 

@@ -156,8 +156,8 @@ def training_meter(preset: str = "sdpose-t", batch: int = 32, steps: int = 3) ->
     model = build_model(preset).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = DistillationLoss()
-    images = torch.randn(batch, 3, 256, 192)
-    target, weight = torch.rand(batch, 17, 64, 48), torch.ones(batch, 17)
+    images = torch.randn(batch, 3, *model.config.input_size)
+    target, weight = torch.rand(batch, 17, *model.config.heatmap_size), torch.ones(batch, 17)
 
     def step() -> None:
         loss = loss_fn(model(images), target, weight)["loss"]

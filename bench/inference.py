@@ -70,7 +70,7 @@ def gemm(size: int = GEMM_SIZE) -> Callable[[], object]:
 def measure(model, onnx_path: Path, threads: int, batch: int) -> dict[str, list[float]]:
     torch.set_num_threads(threads)
     session = cpu_session(onnx_path, threads)  # as `sdpose predict` runs it
-    images = torch.randn(batch, 3, 256, 192)
+    images = torch.randn(batch, 3, *model.config.input_size)
     array = images.numpy()
 
     def onnx_student() -> None:

@@ -69,7 +69,7 @@ def training_forward(model: torch.nn.Module, images: torch.Tensor) -> Callable[[
 def forward_latencies(preset: str) -> list[float]:
     """Wall ms of [inference, training forward] and, with cycles > 1, [one-cycle twin]."""
     config = PRESETS[preset]
-    images = torch.randn(1, 3, 256, 192)
+    images = torch.randn(1, 3, *config.input_size)
     model = build_model(config)
     functions = [inference(model, images), training_forward(model, images)]
     if config.cycles > 1:
@@ -83,7 +83,9 @@ def train_step(preset: str, batch: int = 32) -> Callable[[], None]:
     """Forward of all cycles, heatmap + token distillation loss, backward, AdamW step."""
     model = build_model(preset).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    images, targets = torch.randn(batch, 3, 256, 192), torch.rand(batch, 17, 64, 48)
+    config = model.config
+    images = torch.randn(batch, 3, *config.input_size)
+    targets = torch.rand(batch, 17, *config.heatmap_size)
 
     def step() -> None:
         outputs = model(images)

@@ -26,7 +26,7 @@ import torch
 from sdpose.codec import HeatmapCodec
 from sdpose.config import Params, RayParams
 from sdpose.losses import DistillationLoss
-from sdpose.models import build_model
+from sdpose.models import build_model, resolve_model_config
 from sdpose.training.loop import Trainee, train_epoch
 from sdpose.training.schedule import WarmupStepSchedule
 
@@ -36,13 +36,15 @@ WORKERS = 2
 WORKLOADS = {"sdpose-nano": (32, 48), "sdpose-t": (8, 16)}
 
 
-def synthetic_samples(count: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """images (N, 3, 256, 192) ~ N(0, 1), Gaussian targets (N, 17, 64, 48), weights (N, 17)."""
+def synthetic_samples(preset: str, count: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """images (N, 3, Hi, Wi) ~ N(0, 1), Gaussian targets (N, 17, H, W), weights (N, 17), at
+    the preset's own input and heatmap sizes."""
     rng = np.random.default_rng(seed)
-    codec = HeatmapCodec()
-    keypoints = rng.uniform([8, 8], [184, 248], size=(count, 17, 2))
+    codec = HeatmapCodec.for_model(resolve_model_config(preset))
+    in_h, in_w = codec.input_size
+    keypoints = rng.uniform([4, 4], [in_w - 4, in_h - 4], size=(count, 17, 2))
     target, target_weight = codec.encode(keypoints, np.ones((count, 17)))
-    images = rng.standard_normal((count, 3, 256, 192), dtype=np.float32)
+    images = rng.standard_normal((count, 3, in_h, in_w), dtype=np.float32)
     return {"images": images, "target": target, "target_weight": target_weight}
 
 
@@ -94,7 +96,7 @@ def _ray_worker(config: dict[str, Any]) -> None:
     params = Params.model_validate(config["params"])
     trainee = build_trainee(params, ray.train.torch.get_device())
     per_worker = params.train.batch_size // WORKERS
-    warmup = _batches(synthetic_samples(per_worker, seed=1), per_worker)
+    warmup = _batches(synthetic_samples(params.model.preset, per_worker, seed=1), per_worker)
     train_epoch(trainee, iter(warmup), DistillationLoss(), epoch=0)
     shard = ray.train.get_dataset_shard("train")
     batches = shard.iter_torch_batches(batch_size=per_worker)
@@ -140,7 +142,7 @@ def main() -> None:
         for preset in args.presets:
             batch, steps = WORKLOADS[preset]
             steps = args.steps or steps
-            samples = synthetic_samples(batch * steps)
+            samples = synthetic_samples(preset, batch * steps)
             plain = plain_loop(preset, samples, batch, threads=WORKERS)
             distributed = ray_train(preset, samples, batch)
             ratio = distributed / plain

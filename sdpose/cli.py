@@ -85,7 +85,8 @@ def _model_info(args: argparse.Namespace) -> int:
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    columns = ["preset", "cycles", "params", "gflops", "gflops_with_attention", "gflops_train"]
+    columns = ["preset", "cycles", "input", "heatmap", "params", "gflops",
+               "gflops_with_attention", "gflops_train"]  # fmt: skip
     # gflops: one-cycle inference multiply-adds (paper convention); train: all cycles.
     print("  ".join(f"{name:>12}" if i else f"{name:<16}" for i, name in enumerate(columns)))
     for row in rows:

@@ -102,7 +102,8 @@ class TrainParams(_Section):
     weight_decay: float = Field(0.0, ge=0)
     warmup_iters: int = Field(40, ge=0)
     warmup_ratio: float = Field(0.001, gt=0, le=1)
-    lr_steps: list[int] = [4, 5]
+    lr_schedule: Literal["step", "cosine"] = "step"
+    lr_steps: list[int] = [4, 5]  # step: epochs at which lr is multiplied by lr_factor
     lr_factor: float = Field(0.1, gt=0, le=1)
     sigma: float = Field(2.0, gt=0)
     token_distill_weight: float = Field(5e-6, ge=0)

@@ -141,6 +141,8 @@ def model_info(preset_or_config: str | ModelConfig) -> dict:
     return {
         "preset": config.name,
         "cycles": config.cycles,
+        "input": "x".join(map(str, config.input_size)),
+        "heatmap": "x".join(map(str, config.heatmap_size)),
         "params": params,
         "params_total": params + fixed_params + model.head.pos_embedding.numel(),
         "gflops": inference / 1e9,

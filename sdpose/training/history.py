@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 # Leading columns in a fixed order; loss terms (one per cycle) follow, then the rest.
-LEADING_COLUMNS = ("epoch", "lr", "student_ap", "teacher_ap", "samples_per_s", "epoch_time_s")
+LEADING_COLUMNS = ("epoch", "iterations", "lr", "student_ap", "teacher_ap", "samples_per_s",
+                   "epoch_time_s")  # fmt: skip
 
 
 def history_columns(rows: Sequence[dict[str, Any]]) -> list[str]:

@@ -148,7 +148,11 @@ def build_trainer(
         resources["GPU"] = 1
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"params": params.to_dict(), "annotations": str(paths.annotations)},
+        train_loop_config={
+            "params": params.to_dict(),
+            "annotations": str(paths.annotations),
+            "train_rows": feed.split_rows(workdir, "train"),
+        },
         torch_config=TorchConfig(backend="nccl" if params.ray.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=params.ray.num_workers,

@@ -77,7 +77,8 @@ class Trainee:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point; `config`: params (dict), annotations (val GT json path)."""
+    """Ray Train entry point; `config`: params (dict), annotations (val GT json path),
+    train_rows (crops in the train split: the cosine schedule's length)."""
     params = Params.model_validate(config["params"])
     rank = ray.train.get_context().get_world_rank()
     seed_everything(params.train.seed)
@@ -85,7 +86,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if device.type == "cpu":
         torch.set_num_threads(max(1, math.floor(params.ray.cpus_per_worker)))
 
-    trainee = build_trainee(params, device)
+    world_size = ray.train.get_context().get_world_size()
+    per_epoch = iterations_per_epoch(int(config.get("train_rows", 0)), params, world_size)
+    trainee = build_trainee(params, device, total_iters=per_epoch * params.train.epochs)
     best_state: dict[str, torch.Tensor] | None = None
     progress = Progress()
     checkpoint = ray.train.get_checkpoint()
@@ -115,10 +118,12 @@ def run_epoch(trainee: Trainee, epoch: int, params: Params, annotations: Path) -
         token_weight=params.train.token_distill_weight,
         heatmap_distill_weight=params.train.heatmap_distill_weight,
         detach_teacher=params.train.detach_teacher,
+        use_joint_weights=params.train.use_joint_weights,  # was accepted but never applied
     )
     train_shard = ray.train.get_dataset_shard("train")
     batches = train_shard.iter_torch_batches(batch_size=per_worker_batch)
     row = {"epoch": epoch, **train_epoch(trainee, batches, loss_fn, epoch)}
+    row["iterations"] = trainee.schedule.iteration  # optimiser steps so far, the whole run
     # Validation is not split by Ray (a split drops rows to even the shards out): every
     # worker reads all of it and predicts every world_size-th batch.
     val_batches = ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=per_worker_batch)
@@ -134,8 +139,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_trainee(params: Params, device: torch.device) -> Trainee:
-    """Model on the device (DDP when world > 1), Adam, warmup + step schedule, AMP scaler."""
+def iterations_per_epoch(train_rows: int, params: Params, world_size: int) -> int:
+    """Optimiser steps per epoch on each worker: its share of the rows, in per-worker batches."""
+    per_worker_batch = max(1, params.train.batch_size // world_size)
+    return math.ceil(math.ceil(train_rows / world_size) / per_worker_batch)
+
+
+def build_trainee(params: Params, device: torch.device, total_iters: int = 0) -> Trainee:
+    """Model on the device (DDP when world > 1), Adam, warmup + decay schedule, AMP scaler.
+
+    `total_iters` is the run's length in steps, which the cosine schedule decays over.
+    """
     model = build_model(params.model.preset, **params.model.overrides())
     model = ray.train.torch.prepare_model(model)  # after this the parameters live on device
     optimizer = torch.optim.Adam(
@@ -148,6 +162,8 @@ def build_trainee(params: Params, device: torch.device) -> Trainee:
         warmup_ratio=params.train.warmup_ratio,
         lr_steps=params.train.lr_steps,
         lr_factor=params.train.lr_factor,
+        policy=params.train.lr_schedule,
+        total_iters=total_iters,
     )
     amp = params.train.amp and device.type == "cuda"  # AMP on GPU only, as params.yaml says
     scaler = torch.amp.GradScaler(device.type, enabled=amp)

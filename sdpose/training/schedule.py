@@ -1,18 +1,23 @@
-"""Learning rate: linear warmup over the first iterations, then step decay at given epochs.
+"""Learning rate: linear warmup over the first iterations, then step or cosine decay.
 
 The paper's config (mmcv `lr_config`: policy='step', warmup='linear', warmup_iters=500,
 warmup_ratio=0.001) in plain code: the epoch decides the decayed rate, the global
-iteration decides the warmup factor on top of it. mmcv's conventions are kept: epochs are
+iteration decides the warmup factor on top of it. `cosine` (mmcv's CosineAnnealing by
+iteration, min_lr_ratio 0) decays smoothly to 0 over the run's `total_iters`: a short CPU
+run has no late epochs for the paper's steps to fall in. mmcv's conventions are kept: epochs are
 0-based (step 9 means "from the tenth epoch on"), the warmup starts at
 `warmup_ratio * lr` and reaches the full rate at iteration `warmup_iters`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+POLICIES = ("step", "cosine")
 
 
 def lr_multiplier(
@@ -22,9 +27,17 @@ def lr_multiplier(
     warmup_ratio: float,
     lr_steps: Sequence[int],
     lr_factor: float,
+    policy: str = "step",
+    total_iters: int = 0,
 ) -> float:
     """The factor on the base lr at a global iteration (0-based) in an epoch (0-based)."""
-    decay = lr_factor ** sum(epoch >= step for step in lr_steps)
+    if policy == "cosine":
+        progress = min(1.0, iteration / total_iters) if total_iters > 0 else 0.0
+        decay = 0.5 * (1 + math.cos(math.pi * progress))
+    elif policy == "step":
+        decay = lr_factor ** sum(epoch >= step for step in lr_steps)
+    else:
+        raise ValueError(f"policy: {policy!r} is not one of {', '.join(POLICIES)}")
     if iteration >= warmup_iters:
         return decay
     # mmcv: k = (1 - i / warmup_iters) * (1 - ratio); lr = regular_lr * (1 - k)
@@ -47,6 +60,8 @@ class WarmupStepSchedule:
     warmup_ratio: float
     lr_steps: Sequence[int]
     lr_factor: float
+    policy: str = "step"
+    total_iters: int = 0  # cosine: the run's length in iterations
     iteration: int = 0
     epoch: int = 0
 
@@ -69,6 +84,8 @@ class WarmupStepSchedule:
             self.warmup_ratio,
             self.lr_steps,
             self.lr_factor,
+            self.policy,
+            self.total_iters,
         )
         return self.base_lr * multiplier
 

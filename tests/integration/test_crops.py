@@ -184,9 +184,11 @@ def test_detector_boxes_and_summary(coco_crops):
 @pytest.mark.timeout(300)
 def test_feed_batches_and_epoch_reseeding(coco_crops):
     params = Params()
+    config = params.model.resolve()  # the default nano: 128x96 -> 32x24
     val = feed.val_dataset(params, coco_crops).take_batch(12)
-    assert val["images"].shape == (12, 3, 256, 192) and val["images"].dtype == np.float32
-    assert val["target"].shape == (12, 17, 64, 48) and val["target_weight"].shape == (12, 17)
+    assert val["images"].shape == (12, 3, *config.input_size) and val["images"].dtype == np.float32
+    assert val["target"].shape == (12, 17, *config.heatmap_size)
+    assert val["target_weight"].shape == (12, 17)
     truth = {row["ann_id"]: row for row in coco_rows()}
     for ann_id, center in zip(val["ann_id"], val["center"], strict=True):
         np.testing.assert_allclose(center, truth[int(ann_id)]["center"], rtol=1e-6)
@@ -204,6 +206,21 @@ def test_feed_batches_and_epoch_reseeding(coco_crops):
     for ann_id in truth:
         np.testing.assert_array_equal(second[ann_id], fresh_epoch_1[ann_id])
     assert any(not np.array_equal(first[a], second[a]) for a in truth)
+
+
+@pytest.mark.timeout(300)
+def test_crops_are_cut_for_the_model_input_and_refused_by_another(coco_crops):
+    summary = json.loads((coco_crops / "data" / "crops" / "summary.json").read_text())
+    assert summary["input_size"] == [128, 96] and summary["max_box_height"] == 256
+    table, _ = read_split(coco_crops, "train")
+    scale = crops.fixed_list_column(table, "scale", 2)
+    stored = table["crop_height"].to_numpy() / (scale[:, 1] * Params().crops.context)
+    # boxes taller than twice the input height are stored shrunk to that height
+    assert np.all(stored[scale[:, 1] > 256] < 1) and np.all(stored[scale[:, 1] <= 256] >= 1)
+    paper_sized = Params.model_validate({"model": {"preset": "sdpose-t"}})
+    for dataset in (feed.val_dataset, feed.train_dataset):
+        with pytest.raises(feed.CropResolutionError, match=r"summary\.json.*\[128, 96\].*\[256, "):
+            dataset(paper_sized, coco_crops)
 
 
 @pytest.mark.timeout(300)
@@ -417,6 +434,14 @@ def test_dvc_reruns_crops_only_when_its_inputs_change(tmp_path):
     cv2.imwrite(str(image), 255 - cv2.imread(str(image)))
     fourth = _run(["dvc", "repro", "crops"], tmp_path)
     assert "Running stage 'crops'" in fourth.stdout
+
+    # another model input size: crops made for the old one are never reused
+    params["model"] = {**params.get("model", {}), "input_size": [256, 192]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    fifth = _run(["dvc", "repro", "crops"], tmp_path)
+    assert "Running stage 'crops'" in fifth.stdout
+    summary = json.loads((tmp_path / "data" / "crops" / "summary.json").read_text())
+    assert summary["input_size"] == [256, 192]
 
 
 @pytest.mark.timeout(120)

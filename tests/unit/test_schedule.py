@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import pytest
 import torch
 
@@ -68,3 +71,18 @@ def test_schedule_sets_optimizer_lr_and_resumes_exactly() -> None:
     assert restored.before_iteration() == pytest.approx(1e-3 * 0.1 * 0.875)
     assert schedule.before_iteration() == pytest.approx(1e-3 * 0.1 * 0.875)
     assert restored.before_iteration() == pytest.approx(1e-3 * 0.1)
+
+
+def test_cosine_decays_from_the_base_rate_to_zero_over_the_run():
+    common = {"warmup_iters": 0, "warmup_ratio": 0.001, "lr_steps": [1], "lr_factor": 0.1}
+    factors = [
+        lr_multiplier(i, epoch=5, policy="cosine", total_iters=100, **common) for i in range(101)
+    ]
+    assert factors[0] == 1.0 and factors[100] == pytest.approx(0.0, abs=1e-12)
+    assert factors[50] == pytest.approx(0.5)
+    assert all(a >= b for a, b in itertools.pairwise(factors))  # epochs and steps play no part
+    # the warmup still ramps the cosine's rate up over the first iterations
+    warm = lr_multiplier(10, 0, 20, 0.001, [], 0.1, policy="cosine", total_iters=100)
+    assert warm == pytest.approx((1 - 0.5 * 0.999) * 0.5 * (1 + math.cos(math.pi * 0.1)))
+    with pytest.raises(ValueError, match="policy"):
+        lr_multiplier(0, 0, 0, 0.001, [], 0.1, policy="linear")
