@@ -86,7 +86,8 @@ def write_curves(curves: dict[int, list[dict[str, float]]], out: Path) -> tuple[
 
     out.mkdir(parents=True, exist_ok=True)
     table = out / "learning_curve.csv"
-    columns = ["seed", "epoch", "iterations", "seconds", "student_ap", "teacher_ap"]
+    columns = ["seed", "epoch", "iterations", "seconds", "student_ap", "teacher_ap",
+               "heatmap_loss_cycle1"]  # fmt: skip
     with table.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -153,11 +154,15 @@ def main() -> None:
         for seed in args.seeds:
             curves[seed] = train_curve(root, overrides, seed)
             print(f"\nseed {seed}")
-            print(f"{'epoch':>5} {'iters':>6} {'seconds':>8} {'student AP':>10} {'teacher AP':>10}")
+            print(
+                f"{'epoch':>5} {'iters':>6} {'seconds':>8} {'student AP':>10} {'teacher AP':>10}"
+                f" {'student loss':>12}"  # the cycle-1 heatmap MSE: moves long before AP does
+            )
             for row in curves[seed]:
                 print(
                     f"{int(row['epoch']):>5} {int(row['iterations']):>6} {row['seconds']:>8.0f} "
-                    f"{row['student_ap']:>10.4f} {row['teacher_ap']:>10.4f}",
+                    f"{row['student_ap']:>10.4f} {row['teacher_ap']:>10.4f} "
+                    f"{row['heatmap_loss_cycle1']:>12.6f}",
                     flush=True,
                 )
     table, picture = write_curves(curves, args.out or root / "reports")

@@ -70,6 +70,8 @@ def registered_line(params: Params, workdir: Path) -> str | None:
         return None
     newest = versions[0]
     champion = " (champion)" if newest["champion"] else ""
+    if newest.get("not_champion"):
+        champion = f" (not champion: {newest['not_champion']})"
     name = params.registry.model_name
     return f"- registered model: `{name}` version {newest['version']}{champion}"
 

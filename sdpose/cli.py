@@ -16,7 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sdpose.config import ConfigError, Params, dump_params, load_params, parse_override
+from sdpose.config import (
+    DEFAULT_PARAMS,
+    ConfigError,
+    Params,
+    dump_params,
+    load_params,
+    parse_override,
+)
 
 # Stage commands: name -> (module with `run(params, workdir, **options)`, help).
 STAGES: dict[str, tuple[str, str]] = {
@@ -32,7 +39,7 @@ STAGES: dict[str, tuple[str, str]] = {
 
 def _add_params_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--params", type=Path, default=Path("params.yaml"), help="parameter file (params.yaml)"
+        "--params", type=Path, default=None, help="parameter file (default: ./params.yaml)"
     )
     parser.add_argument(
         "--set",
@@ -45,7 +52,16 @@ def _add_params_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _params(args: argparse.Namespace) -> Params:
-    return load_params(args.params, args.overrides)
+    """Only the implicit ./params.yaml may be missing (then say so); a given --params must exist."""
+    if args.params is not None:
+        return load_params(args.params, args.overrides, missing_ok=False)
+    if not DEFAULT_PARAMS.exists():
+        print(
+            f"sdpose {args.command}: note: no ./{DEFAULT_PARAMS} here; using the built-in "
+            "defaults (pass --params FILE to use another file)",
+            file=sys.stderr,
+        )
+    return load_params(DEFAULT_PARAMS, args.overrides)
 
 
 def _print_json(value: Any) -> None:
@@ -111,9 +127,15 @@ def _convert_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _coco_eval(args: argparse.Namespace) -> int:
-    from sdpose.evaluation import coco_keypoint_ap
+    from sdpose.evaluation import score_results
 
-    stats = coco_keypoint_ap(args.annotations, args.results)
+    stats, ignored = score_results(args.annotations, args.results)
+    if ignored:
+        print(
+            f"sdpose coco-eval: note: {args.results}: ignored {ignored} result(s) whose "
+            "category_id is not person",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(stats))
     else:
@@ -127,7 +149,7 @@ def _pipeline(args: argparse.Namespace) -> int:
 
     workdir = Path.cwd()
     configure_local_prefect(workdir)
-    load_params(args.params, args.overrides)  # fail before Prefect starts on a bad value
+    _params(args)  # fail before Prefect starts on a bad value
     from pipelines.flow import sdpose_flow
 
     overrides = dict(parse_override(text) for text in args.overrides)

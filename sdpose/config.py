@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -26,12 +34,12 @@ class _Section(BaseModel):
 
 
 class SynthParams(_Section):
-    seed: int = 0
-    train_images: int = Field(300, ge=1)
-    val_images: int = Field(60, ge=1)
+    seed: StrictInt = 0
+    train_images: StrictInt = Field(300, ge=1)
+    val_images: StrictInt = Field(60, ge=1)
     image_size: tuple[int, int] = (320, 256)  # width, height
-    max_people: int = Field(4, ge=1, le=8)
-    workers: int = Field(0, ge=0)  # 0 = one process per core
+    max_people: StrictInt = Field(4, ge=1, le=8)
+    workers: StrictInt = Field(0, ge=0)  # 0 = one process per core
 
     @model_validator(mode="after")
     def _image_big_enough(self) -> SynthParams:
@@ -45,22 +53,22 @@ class SynthParams(_Section):
 class DataParams(_Section):
     source: Literal["synth", "coco"] = "synth"
     root: Path = Path("data/raw/synth")
-    strict: bool = False
+    strict: StrictBool = False
 
 
 class CropsParams(_Section):
     encoding: Literal["jpeg", "raw"] = "jpeg"
-    jpeg_quality: int = Field(95, ge=1, le=100)
-    rows_per_shard: int = Field(512, ge=1)
+    jpeg_quality: StrictInt = Field(95, ge=1, le=100)
+    rows_per_shard: StrictInt = Field(512, ge=1)
     context: float = Field(1.5, ge=1.0, le=3.0)
 
 
 class ModelParams(_Section):
     preset: str = "sdpose-nano"
-    cycles: int | None = Field(None, ge=1, le=8)
-    dim: int | None = Field(None, ge=8)
-    depth: int | None = Field(None, ge=1)
-    heads: int | None = Field(None, ge=1)
+    cycles: StrictInt | None = Field(None, ge=1, le=8)
+    dim: StrictInt | None = Field(None, ge=8)
+    depth: StrictInt | None = Field(None, ge=1)
+    heads: StrictInt | None = Field(None, ge=1)
     # [height, width] of the network input and of its heatmaps; null keeps the preset's.
     # A new input_size alone keeps the preset's stride (the heatmap follows).
     input_size: tuple[int, int] | None = None
@@ -86,7 +94,7 @@ class ModelParams(_Section):
 class AugmentParams(_Section):
     flip_prob: float = Field(0.5, ge=0, le=1)
     half_body_prob: float = Field(0.3, ge=0, le=1)
-    half_body_min_joints: int = Field(8, ge=0, le=17)
+    half_body_min_joints: StrictInt = Field(8, ge=0, le=17)
     scale_factor: float = Field(0.35, ge=0, lt=1)
     rotation_factor: float = Field(45.0, ge=0, le=180)
     rotation_prob: float = Field(0.6, ge=0, le=1)
@@ -95,24 +103,24 @@ class AugmentParams(_Section):
 
 
 class TrainParams(_Section):
-    seed: int = 0
-    epochs: int = Field(6, ge=1)
-    batch_size: int = Field(32, ge=1)
+    seed: StrictInt = 0
+    epochs: StrictInt = Field(6, ge=1)
+    batch_size: StrictInt = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    warmup_iters: int = Field(40, ge=0)
+    warmup_iters: StrictInt = Field(40, ge=0)
     warmup_ratio: float = Field(0.001, gt=0, le=1)
     lr_schedule: Literal["step", "cosine"] = "step"
-    lr_steps: list[int] = [4, 5]  # step: epochs at which lr is multiplied by lr_factor
+    lr_steps: list[StrictInt] = [4, 5]  # step: epochs at which lr is multiplied by lr_factor
     lr_factor: float = Field(0.1, gt=0, le=1)
     sigma: float = Field(2.0, gt=0)
     token_distill_weight: float = Field(5e-6, ge=0)
     heatmap_distill_weight: float = Field(0.0, ge=0)
-    detach_teacher: bool = False
-    use_joint_weights: bool = False  # MMPose's COCO joint weights in the heatmap loss
-    amp: bool = True
-    retries: int = Field(1, ge=0)
-    max_failures: int = Field(2, ge=-1)
+    detach_teacher: StrictBool = False
+    use_joint_weights: StrictBool = False  # MMPose's COCO joint weights in the heatmap loss
+    amp: StrictBool = True
+    retries: StrictInt = Field(1, ge=0)
+    max_failures: StrictInt = Field(2, ge=-1)
     augment: AugmentParams = Field(default_factory=AugmentParams)
 
     @model_validator(mode="after")
@@ -123,13 +131,13 @@ class TrainParams(_Section):
 
 
 class TuneParams(_Section):
-    num_samples: int = Field(4, ge=1)
-    max_epochs: int = Field(2, ge=1)
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: int = Field(2, ge=2)
+    num_samples: StrictInt = Field(4, ge=1)
+    max_epochs: StrictInt = Field(2, ge=1)
+    grace_period: StrictInt = Field(1, ge=1)
+    reduction_factor: StrictInt = Field(2, ge=2)
     scheduler: Literal["asha", "fifo"] = "asha"
     time_budget_s: float = Field(3600, gt=0)
-    max_concurrent: int = Field(0, ge=0)
+    max_concurrent: StrictInt = Field(0, ge=0)
     space: dict[str, dict[str, Any]] = {}
 
     @model_validator(mode="after")
@@ -148,19 +156,19 @@ class EvaluateParams(_Section):
     det_score_thr: float = Field(0.0, ge=0, le=1)
     vis_thr: float = Field(0.2, ge=0, le=1)
     oks_thr: float = Field(0.9, ge=0, le=1)
-    flip_test: bool = True
+    flip_test: StrictBool = True
     decode: Literal["dark", "argmax"] = "dark"
 
 
 class ExportParams(_Section):
-    opset: int = Field(23, ge=17)
+    opset: StrictInt = Field(23, ge=17)
     atol: float = Field(1e-4, gt=0)
 
 
 class RayParams(_Section):
     address: str = ""
-    num_workers: int = Field(2, ge=1)
-    use_gpu: bool = False
+    num_workers: StrictInt = Field(2, ge=1)
+    use_gpu: StrictBool = False
     cpus_per_worker: float = Field(0.5, gt=0)
     storage_path: Path = Path("models/ray")
     dashboard_host: str = "127.0.0.1"
@@ -242,27 +250,54 @@ def _describe(error: ValidationError, source: str) -> str:
             key, message = f"{key}.{field.group(1)}", field.group(2)
         if item["type"] == "extra_forbidden":
             message = "unknown parameter (check the spelling against params.yaml)"
+        if item["type"] in ("int_type", "bool_type"):  # strict: true is not 1, 1 not true
+            message += f", got {item['input']!r}"
         lines.append(f"{key}: {message}")
     return f"{source}: invalid parameters\n  " + "\n  ".join(lines)
 
 
 def load_params(
-    path: Path | str = DEFAULT_PARAMS, overrides: list[str] | dict[str, Any] | None = None
+    path: Path | str = DEFAULT_PARAMS,
+    overrides: list[str] | dict[str, Any] | None = None,
+    *,
+    missing_ok: bool = True,
 ) -> Params:
-    """Read params.yaml (missing file: all defaults), apply overrides, validate."""
+    """Read params.yaml, apply overrides, validate.
+
+    A missing file gives all defaults only with `missing_ok`: the CLI passes False for a
+    `--params` the user typed, so a typo is an error rather than a run on the defaults.
+    """
     path = Path(path)
     raw: dict[str, Any] = {}
-    if path.exists():
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({error})") from error
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    if path.exists() or not missing_ok:
+        raw = read_params_file(path)
     if isinstance(overrides, list):
         overrides = dict(parse_override(text) for text in overrides)
     source = str(path) + (" with overrides" if overrides else "")
     return validate_params(apply_overrides(raw, overrides or {}), source)
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    """The mapping in a parameter file; every way it can be unusable names the file."""
+    if not path.exists():
+        raise ConfigError(f"{path}: parameter file not found")
+    if not path.is_file():
+        raise ConfigError(f"{path}: is a directory, not a parameter file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file (byte {error.start}); save it as UTF-8 YAML"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the parameter file ({error.strerror})") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return raw
 
 
 def dump_params(params: Params) -> str:

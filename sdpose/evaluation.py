@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import numbers
 import os
 from collections import defaultdict
 from collections.abc import Sequence
@@ -74,10 +75,18 @@ def load_ground_truth(annotations: Path | str | COCO) -> COCO:
         missing = [name for name in GT_FIELDS if not isinstance(ann, dict) or name not in ann]
         if missing:
             raise DataError(f"{annotations}: annotations[{index}] lacks {', '.join(missing)}")
+        crowd = ann["iscrowd"]
+        if not isinstance(crowd, int) or isinstance(crowd, bool) or crowd not in (0, 1):
+            raise DataError(
+                f"{annotations}: annotations[{index}] (id {ann['id']!r}): 'iscrowd' must be "
+                f"0 or 1, found {crowd!r}"
+            )
     return index_with_pycocotools(data)
 
 
-def _load_results(results: list[dict] | Path | str, gt: COCO) -> list[dict]:
+def _load_results(results: list[dict] | Path | str, gt: COCO) -> tuple[list[dict], int]:
+    """The checked person results, and how many results of another category were dropped
+    (COCOeval would skip them without a word)."""
     source = "results"
     if not isinstance(results, list):
         source = str(results)
@@ -85,6 +94,8 @@ def _load_results(results: list[dict] | Path | str, gt: COCO) -> list[dict]:
         if not isinstance(results, list):
             raise DataError(f"{source}: a results file must be a JSON list of objects")
     image_ids = set(gt.getImgIds())
+    person_ids = set(gt.getCatIds(catNms=[PERSON_CATEGORY["name"]])) or {PERSON_CATEGORY["id"]}
+    found, ignored = [], 0
     for index, result in enumerate(results):
         where = f"{source}: record {index}"
         if not isinstance(result, dict):
@@ -98,14 +109,23 @@ def _load_results(results: list[dict] | Path | str, gt: COCO) -> list[dict]:
         if not isinstance(points, list) or len(points) != 3 * NUM_KEYPOINTS:
             size = len(points) if isinstance(points, list) else type(points).__name__
             raise DataError(f"{where}: 'keypoints' has {size} values, expected 51")
-        try:
-            values = np.asarray([*points, result["score"]], dtype=np.float64)
-        except (TypeError, ValueError):
-            raise DataError(f"{where}: keypoints and score must be numbers") from None
+        # numpy would take true/false and "1.5" as numbers; a results file must hold numbers.
+        if not all(_is_number(value) for value in [*points, result["score"]]):
+            raise DataError(f"{where}: keypoints and score must be numbers (not booleans or text)")
+        values = np.asarray([*points, result["score"]], dtype=np.float64)
         if not np.all(np.isfinite(values)):
             raise DataError(f"{where}: keypoints or score hold NaN or infinity")
-    # pycocotools' loadRes writes into the records; leave the caller's untouched.
-    return [{"category_id": PERSON_CATEGORY["id"], **result} for result in results]
+        category = result.get("category_id", PERSON_CATEGORY["id"])
+        if not _is_number(category) or category not in person_ids:
+            ignored += 1
+            continue
+        # pycocotools' loadRes writes into the records; leave the caller's untouched.
+        found.append({"category_id": PERSON_CATEGORY["id"], **result})
+    return found, ignored
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def coco_keypoint_ap(
@@ -116,17 +136,26 @@ def coco_keypoint_ap(
     Returns SUMMARY_KEYS -> pycocotools' figure (-1 where COCO has no instance of that size,
     all 0 for an empty results list, which pycocotools itself cannot score).
     """
+    return score_results(annotations, results)[0]
+
+
+def score_results(
+    annotations: Path | str | COCO, results: list[dict] | Path | str
+) -> tuple[dict[str, float], int]:
+    """`coco_keypoint_ap` and the number of non-person results it ignored, so that a
+    caller (`sdpose coco-eval`) can say so instead of scoring fewer results silently."""
     gt = load_ground_truth(annotations)
-    found = _load_results(results, gt)
+    found, ignored = _load_results(results, gt)
     if not found:
-        return dict.fromkeys(SUMMARY_KEYS, 0.0)
+        return dict.fromkeys(SUMMARY_KEYS, 0.0), ignored
     with contextlib.redirect_stdout(io.StringIO()):
         detections = gt.loadRes(found)
         evaluator = COCOeval(gt, detections, iouType="keypoints")
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {key: float(value) for key, value in zip(SUMMARY_KEYS, evaluator.stats, strict=True)}
+    stats = {key: float(value) for key, value in zip(SUMMARY_KEYS, evaluator.stats, strict=True)}
+    return stats, ignored
 
 
 def format_summary(metrics: dict[str, float]) -> str:

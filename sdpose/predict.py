@@ -107,10 +107,11 @@ def _checked_box(record: dict, where: str, image: tuple[Path, int, int]) -> tupl
     bbox, score = record["bbox"], record["score"]
     if not isinstance(bbox, list) or len(bbox) != 4:
         raise PredictError(f"{where}: 'bbox' must be [x, y, w, h], got {bbox!r}")
-    try:
-        values = np.asarray([*bbox, score], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise PredictError(f"{where}: 'bbox' and 'score' must be numbers: {bbox!r}") from None
+    # numpy would read true as 1.0 and "0.9" as 0.9: a detector writes numbers.
+    for field, value in (*(("bbox", v) for v in bbox), ("score", score)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise PredictError(f"{where}: '{field}' must hold numbers, found {value!r}")
+    values = np.asarray([*bbox, score], dtype=np.float64)
     if not np.isfinite(values).all():
         raise PredictError(f"{where}: 'bbox' or 'score' holds NaN or infinity: {bbox!r}")
     x, y, w, h = values[:4]
@@ -220,6 +221,7 @@ def predict(
     the whole image as one box. Returns {results, overlays, images, instances, model}.
     """
     workdir = Path.cwd() if workdir is None else Path(workdir)
+    check_out_dir(out_dir)  # before the model loads: a bad --out should not cost a minute
     model_path = resolve_model(model, params, workdir)
     runner, codec = onnx_runner(model_path)
     summary = predict_with_runner(images, boxes, runner, codec, out_dir, params)
@@ -239,6 +241,7 @@ def predict_with_runner(
 
     if not images:
         raise PredictError("no images given")
+    check_out_dir(out_dir)
     loaded = list(_load_images(images))
     sizes = {image_id: (path, rgb.shape[1], rgb.shape[0]) for path, image_id, rgb in loaded}
     detections = load_person_boxes(boxes, sizes, params.evaluate.det_score_thr) if boxes else {}
@@ -267,6 +270,19 @@ def predict_with_runner(
         "image_ids": {str(path): image_id for path, image_id, _ in loaded},
         "images_without_boxes": without_boxes,
     }
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """`--out` must be a folder or creatable as one: an existing file in its way is an error
+    now, not a FileExistsError after every image was predicted."""
+    for path in (Path(out_dir), *Path(out_dir).parents):
+        if path.exists():
+            if not path.is_dir():
+                raise PredictError(
+                    f"{path}: is a file; --out {out_dir} must be a folder for the results "
+                    "and overlays"
+                )
+            return
 
 
 def _load_images(images: Sequence[Path]) -> Iterator[tuple[Path, int, np.ndarray]]:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sdpose.config import Params
+from sdpose.config import ConfigError, Params
 
 CHAMPION = "champion"
 ARTIFACT_DIR = "model"  # run artifact folder holding the ONNX file and the model card
@@ -51,9 +51,16 @@ def tracking_uri(params: Params, workdir: Path) -> str:
 
 def _client(params: Params, workdir: Path):  # -> mlflow.MlflowClient
     from mlflow import MlflowClient  # heavy import, only when the registry is used
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
 
     uri = tracking_uri(params, workdir)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    except UnsupportedModelRegistryStoreURIException:  # a bad parameter, not a failure
+        raise ConfigError(
+            f"registry.tracking_uri: {params.registry.tracking_uri!r} is not a store MLflow "
+            "can open; use sqlite:///FILE.db, a folder, or an http(s):// tracking server"
+        ) from None
 
 
 def _experiment_id(client, params: Params, workdir: Path) -> str:

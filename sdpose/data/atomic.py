@@ -33,3 +33,26 @@ def staged_directory(final: Path) -> Iterator[Path]:
         os.replace(final, old)
     os.replace(staging, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_abandoned_staging(final: Path) -> None:
+    """Delete the staging folders beside `final` left by runs that were killed.
+
+    `staged_directory` removes its folder on any Python error, but not on SIGKILL or a power
+    cut; a folder whose process (the pid in its name) is gone is abandoned.
+    """
+    final = Path(final)
+    for folder in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # gone, or no pid this system can have
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True

@@ -169,7 +169,10 @@ def check_annotation(ann: Any, index: int, images: dict[int, dict], person_id: i
     issue = issue or _check_box(ann.get("bbox"), ann_id, where)
     if issue:
         return issue
-    if ann.get("iscrowd", 0):
+    crowd = ann.get("iscrowd", 0)
+    if not _is_int(crowd) or crowd not in (0, 1):  # "no" is truthy: not a crowd region
+        return Issue("malformed", ann_id, f"{where}: 'iscrowd' must be 0 or 1, found {crowd!r}")
+    if crowd:
         return Issue("crowd", ann_id, f"{where}: a crowd region (iscrowd=1)")
     if labelled_count(ann["keypoints"]) == 0:
         return Issue("no_keypoints", ann_id, f"{where}: num_keypoints == 0 (no labelled keypoint)")

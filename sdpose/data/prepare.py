@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import cv2
 import numpy as np
 
 from sdpose.config import Params
-from sdpose.data.atomic import staged_directory
+from sdpose.data.atomic import remove_abandoned_staging, staged_directory
 from sdpose.data.coco import (
     DEFECT_REASONS,
     DataError,
@@ -300,6 +301,11 @@ def run(params: Params, workdir: Path, strict: bool | None = None) -> dict:
                 f"data.root={params.data.root}); run `sdpose synth` or point data.root at a "
                 "COCO 2017 tree"
             )
+        if not _resolve(workdir, image_root).is_dir():
+            raise DataError(
+                f"{image_root}: image folder of split {split} not found (data.root="
+                f"{params.data.root}); the {split} images must be there"
+            )
         use_boxes = split == "val" and boxes is not None
         result = prepare_split(
             _resolve(workdir, annotations),
@@ -313,6 +319,7 @@ def run(params: Params, workdir: Path, strict: bool | None = None) -> dict:
         result.report.update(annotations=str(annotations), image_root=str(image_root))
         if use_boxes:  # paths as the user gave them, so the report does not depend on workdir
             result.report["detections"]["file"] = str(boxes)
+        _check_survivors(split, annotations, image_root, result.report)
         prepared[split] = (result, image_root)
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -322,6 +329,7 @@ def run(params: Params, workdir: Path, strict: bool | None = None) -> dict:
         "splits": {split: result.report for split, (result, _) in prepared.items()},
     }
     summary: dict = {}
+    remove_abandoned_staging(workdir / PREPARED_DIR)
     with staged_directory(workdir / PREPARED_DIR) as out_dir:
         for split, (result, image_root) in prepared.items():
             write_manifest(result.rows, out_dir / f"{split}.parquet", image_root=image_root)
@@ -333,6 +341,29 @@ def run(params: Params, workdir: Path, strict: bool | None = None) -> dict:
             summary["val_det"] = len(result.det_rows)
         (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return summary
+
+
+def _check_survivors(split: str, annotations: Path, image_root: Path, report: dict) -> None:
+    """A split that kept nothing is an error; one that lost most records to defects warns.
+
+    Ordinary filters (crowd regions, people without keypoints) do not count as lost: COCO
+    itself has many of them. The warning goes to stderr and into the report.
+    """
+    skipped = report["skipped"]
+    reasons = ", ".join(f"{reason} {entry['count']}" for reason, entry in skipped.items())
+    if report["kept"] == 0:
+        raise DataError(
+            f"{annotations}: split {split} keeps no instance of its {report['records']} "
+            f"records (skipped: {reasons or 'none'}); images are read from {image_root}"
+        )
+    lost = sum(entry["count"] for reason, entry in skipped.items() if reason in DEFECT_REASONS)
+    if lost > report["kept"]:
+        warning = (
+            f"split {split} lost {lost} of {lost + report['kept']} instances to bad records "
+            f"or images ({reasons}); see data/prepared/report.json (images from {image_root})"
+        )
+        report["warnings"] = [warning]
+        print(f"sdpose prepare: WARNING: {warning}", file=sys.stderr)
 
 
 def _resolve(workdir: Path, path: Path) -> Path:

@@ -8,6 +8,7 @@ An sdpose checkpoint is a plain dict of tensors and primitives, so it loads with
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,9 +46,15 @@ def save_checkpoint(path: Path | str, model: nn.Module, **extra: Any) -> Path:
     state = {key: tensor.detach().cpu() for key, tensor in model.state_dict().items()}
     payload = {"model": state, "config": model.config.to_dict(), "preset": model.config.name}
     payload.update(extra)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory; give the checkpoint file to write")
     partial = path.with_name(path.name + ".partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    try:
+        torch.save(payload, partial)
+        os.replace(partial, path)
+    except BaseException:  # never leave a half-written (or whole but unnamed) copy behind
+        partial.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -69,13 +76,42 @@ def load_checkpoint(path: Path | str) -> tuple[SDPose, dict]:
 
 
 def _read(path: Path) -> Any:
-    """torch.load with weights_only=True; any failure names the file."""
+    """torch.load with weights_only=True (no pickled code runs); any failure names the file
+    and says what it is not, never how to load it unsafely."""
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickled code refused by weights_only, or a corrupt file
-        raise CheckpointError(f"{path}: not loadable with weights_only=True ({error})") from error
+        raise CheckpointError(f"{path}: {_why_unreadable(path, error)}") from None
+
+
+# A PyTorch checkpoint is a zip archive (torch >= 1.6) or a pickle (protocol 2+: 0x80).
+_ZIP_MAGIC, _PICKLE_MAGIC = b"PK\x03\x04", b"\x80"
+
+
+def _why_unreadable(path: Path, error: Exception) -> str:
+    """What the file is not. torch's own text is not repeated: for a refused pickle it
+    advises `weights_only=False`, which runs whatever code an untrusted file holds."""
+    with path.open("rb") as file:
+        head = file.read(4)
+    if not head:
+        return "empty file, not a PyTorch checkpoint"
+    if not head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+        return "not a PyTorch checkpoint (zip or pickle)"
+    if isinstance(error, pickle.UnpicklingError):
+        text = str(error)
+        name, opcode = re.search(r"GLOBAL ([\w.]+)", text), re.search(r"operand (\d+)", text)
+        what = f" (it asks for {name[1]})" if name else ""
+        what = what or (f" (pickle opcode {opcode[1]} is not allowed)" if opcode else "")
+        return (
+            "refused: it holds pickled objects other than tensors and plain values"
+            f"{what}; sdpose never runs code from a checkpoint file"
+        )
+    kind = "zip archive" if head.startswith(_ZIP_MAGIC) else "pickle"
+    return f"a {kind} but not a readable PyTorch checkpoint: truncated or corrupt"
 
 
 _OFFICIAL_HEAD = "keypoint_head.tokenpose."
@@ -120,6 +156,10 @@ def convert_official_checkpoint(src: Path | str, dst: Path | str, preset: str) -
     CheckpointError lists the offending keys. The fixed sine embedding is checked, not kept.
     """
     src, dst = Path(src), Path(dst)
+    if dst.is_dir():  # checked first: the conversion takes a while and would be lost
+        raise CheckpointError(
+            f"{dst}: is a directory; give the file to write, for example {dst / (preset + '.pt')}"
+        )
     payload = _read(src)
     official = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(official, dict) or not all(torch.is_tensor(v) for v in official.values()):

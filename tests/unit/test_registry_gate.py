@@ -60,7 +60,7 @@ def test_below_min_ap_never_beats_a_champion_nor_re_measures_it():
     assert promote and champion_ap == 0.3 and "beats" in reason  # above the gate: as before
 
 
-def test_registry_list_shows_why_a_version_is_not_champion(monkeypatch, capsys):
+def test_registry_list_shows_why_a_version_is_not_champion(monkeypatch, capsys, tmp_path):
     rows = [
         {"version": 2, "student_ap": 0.3, "champion": True, "preset": "sdpose-nano"},
         {
@@ -72,7 +72,8 @@ def test_registry_list_shows_why_a_version_is_not_champion(monkeypatch, capsys):
         },
     ]
     monkeypatch.setattr(registry, "list_versions", lambda params, workdir: rows)
-    args = argparse.Namespace(params=Path("absent.yaml"), overrides=[], json=False)
+    monkeypatch.chdir(tmp_path)  # no ./params.yaml: the defaults (an explicit one must exist)
+    args = argparse.Namespace(command="registry", params=None, overrides=[], json=False)
     assert cli._registry_list(args) == 0
     v2, v1 = capsys.readouterr().out.splitlines()
     assert v2.startswith("v2") and v2.endswith("  <- champion")
