@@ -29,7 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sdpose.config import Params, load_params
+from dataset_cache import build_dataset
+
+from sdpose.config import load_params
 
 # (label, model overrides): the baseline first
 CONFIGS: list[tuple[str, dict[str, Any]]] = [
@@ -72,25 +74,6 @@ def record_run(log: Path, key: str, result: dict[str, Any]) -> None:
         handle.write(json.dumps({"key": key, "result": result}) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def build_dataset(params: Params, root: Path) -> None:
-    """synth -> prepare -> crops once; every run reads the same crops.
-
-    A dataset left by an earlier call is reused only if it was made with the same synth
-    parameters (recorded beside it); otherwise it is rebuilt.
-    """
-    from sdpose.data import crops, prepare, synth
-
-    stamp = root / "data" / "synth_params.json"
-    wanted = json.dumps(params.synth.model_dump(mode="json"), sort_keys=True)
-    done = (root / "data" / "crops" / "summary.json").exists()
-    if done and stamp.exists() and stamp.read_text() == wanted:
-        return
-    shutil.rmtree(root / "data", ignore_errors=True)
-    for stage in (synth, prepare, crops):
-        stage.run(params, root)
-    stamp.write_text(wanted)
 
 
 def train_once(root: Path, overrides: dict[str, Any], seed: int) -> dict[str, Any]:

@@ -22,33 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sdpose.config import Params, load_params, parse_override
+from dataset_cache import build_dataset
+
+from sdpose.config import load_params, parse_override
 
 FIRST_AP = 0.05  # "has left the flat-heatmap plateau"
-
-
-def build_dataset(params: Params, root: Path) -> None:
-    """synth -> prepare -> crops once; rebuilt when the synth, model or crop params change."""
-    import json
-
-    from sdpose.data import crops, prepare, synth
-
-    stamp = root / "data" / "dataset_params.json"
-    wanted = json.dumps(
-        {
-            "synth": params.synth.model_dump(mode="json"),
-            "crops": params.crops.model_dump(mode="json"),
-            "input_size": list(params.model.resolve().input_size),
-        },
-        sort_keys=True,
-    )
-    done = (root / "data" / "crops" / "summary.json").exists()
-    if done and stamp.exists() and stamp.read_text() == wanted:
-        return
-    shutil.rmtree(root / "data", ignore_errors=True)
-    for stage in (synth, prepare, crops):
-        stage.run(params, root)
-    stamp.write_text(wanted)
 
 
 def train_curve(root: Path, overrides: dict[str, Any], seed: int) -> list[dict[str, float]]:

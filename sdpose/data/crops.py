@@ -33,7 +33,7 @@ from ray.data import SaveMode
 from ray.data.datasource import FilenameProvider
 
 from sdpose.config import CropsParams, Params
-from sdpose.data.atomic import staged_directory
+from sdpose.data.atomic import remove_abandoned_staging, staged_directory
 from sdpose.data.manifest import META_IMAGE_ROOT, META_VERSION, SCHEMA_VERSION, ManifestError
 
 SPLITS = ("train", "val", "val_det")  # val_det only when prepare wrote detector boxes
@@ -405,24 +405,6 @@ def summarize(staging: Path, splits: list[str], params: CropsParams, seconds: fl
     summary["crops_per_s"] = round(summary["rows"] / seconds, 2) if seconds > 0 else None
     summary["ray"] = {key: ray_info[key] for key in ("address", "num_cpus")}
     return summary
-
-
-def remove_abandoned_staging(out_root: Path) -> None:
-    """Delete the staging folders of crops runs that died (their process is gone)."""
-    for folder in out_root.parent.glob(f".{out_root.name}.tmp-*"):
-        pid = folder.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
 
 
 def _write_json(path: Path, value: Any) -> None:

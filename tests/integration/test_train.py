@@ -50,6 +50,9 @@ def test_train_writes_every_output_and_resume_keeps_them(train_workdir, tiny_par
         assert row["samples_per_s"] > 0
     # no warmup, lr_steps [1], factor 0.1
     assert [row["lr"] for row in history] == pytest.approx([1e-3, 1e-4])
+    # optimiser steps so far: each epoch adds the same number, the workers' batches
+    steps = [row["iterations"] for row in history]
+    assert steps[0] > 0 and steps[1] == 2 * steps[0]
     # the train split is sharded: the workers see it once per epoch together
     crops = json.loads((train_workdir / "data" / "crops" / "summary.json").read_text())
     train_rows = crops["splits"]["train"]["rows"]
@@ -69,7 +72,7 @@ def test_train_writes_every_output_and_resume_keeps_them(train_workdir, tiny_par
     assert payload["student_ap"] == metrics["best_student_ap"]
     assert student.config.cycles == 2 and student.config.dim == 32
     with torch.no_grad():
-        assert len(student(torch.zeros(1, 3, 256, 192))) == 1  # the student: one cycle
+        assert len(student(torch.zeros(1, 3, *student.config.input_size))) == 1  # one cycle
     last = torch.load(models / "last.pt", weights_only=True)
     assert last["epoch"] == 1 and len(last["progress"]["history"]) == 2
     assert json.loads((models / "config.json").read_text())["model"]["dim"] == 32
