@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-unit bench lint format clean
+.PHONY: setup run test test-unit bench bench-learning lint format clean
+# The learning benches train for many minutes each: `make bench-learning` runs them.
+LONG_BENCHES := bench/learning.py bench/ablation.py bench/dataset_cache.py
 
 setup: $(VENV)/.installed
 
@@ -27,7 +29,12 @@ test-unit: setup
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 bench: setup
-	for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	for script in $(filter-out $(LONG_BENCHES),$(wildcard bench/*.py)); do \
+		echo "== $$script"; $(PY) $$script || exit 1; done
+
+bench-learning: setup
+	$(PY) bench/learning.py
+	$(PY) bench/ablation.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -106,7 +106,8 @@ def test_validation_scores_the_feeds_own_targets_ap_one(train_workdir, tiny_para
     with ray_session(params.ray):
         for batch in feed.val_dataset(params, train_workdir).iter_torch_batches(batch_size=8):
             network.heatmaps = batch["target"]
-            predictions = predict_batches(network, [batch], HeatmapCodec(), params.evaluate, 1)
+            codec = HeatmapCodec.for_params(params)  # the model's own sizes: 128x96 -> 32x24
+            predictions = predict_batches(network, [batch], codec, params.evaluate, 1)
             found.extend(predictions["student"])
     annotations = TrainPaths.under(train_workdir, params).annotations
     assert coco_ap(found, annotations, params.evaluate)["AP"] > 0.99
