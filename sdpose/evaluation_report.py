@@ -96,7 +96,7 @@ def plot_ap_vs_gflops(evaluation: dict[str, Any], trials: list[dict], path: Path
                 edgecolors=student.get_facecolor(),
                 label=f"{name} all {entry['cycles']} cycles",
             )
-    axes.set_xlabel("GFLOPs (multiply-adds, 1 x 3 x 256 x 192)")
+    axes.set_xlabel("GFLOPs (multiply-adds of one student inference, at its input size)")
     axes.set_ylabel("COCO AP")
     axes.set_title("Accuracy against cost")
     axes.grid(alpha=0.3)

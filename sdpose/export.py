@@ -7,8 +7,10 @@ kernel in onnxruntime >= 1.23); older opsets get MatMul and Softmax, for older r
 An export that does not reproduce PyTorch (onnx.checker, then max abs difference <=
 `export.atol` on real inference) fails here rather than in a deployment.
 
-Contract of the file: input `images` (N, 3, 256, 192) float32, RGB normalised with the
-ImageNet mean and std; output `heatmaps` (N, 17, 64, 48) float32; N is dynamic.
+Contract of the file: input `images` (N, 3, H, W) float32 at the model's input size (256x192
+for the paper presets, 128x96 for the nano ones), RGB normalised with the ImageNet mean and
+std; output `heatmaps` (N, 17, h, w) float32 at its heatmap size; N is dynamic. The model
+card records both shapes, and `sdpose predict` reads them from the file.
 """
 
 from __future__ import annotations

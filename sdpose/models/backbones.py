@@ -1,4 +1,4 @@
-"""CNN backbones that turn a 3x256x192 crop into the 64x48 feature map the MCT head reads.
+"""CNN backbones that turn a 3 x H x W crop into the H/4 x W/4 feature map the MCT head reads.
 
 Module and attribute names follow the official MMPose code (conv1/bn1/layer1/...,
 transition1/stage2/branches/fuse_layers) so that official state dicts load by prefix alone.

@@ -1,7 +1,8 @@
 """Parameter and multiply-add counts of the presets, in the paper's convention.
 
 The paper's GFLOPs are mmcv's `get_model_complexity_info`: forward hooks on conv, linear,
-norm, ReLU and upsampling modules of one forward at 1x3x256x192, counting multiply-adds;
+norm, ReLU and upsampling modules of one forward of 1 x 3 x the preset's input size (the
+paper's 256x192; 128x96 for the nano presets), counting multiply-adds;
 the attention matrix products (QK^T, AV) and elementwise ops are not counted. We count the
 same way (`gflops`) and report the attention products beside it (`gflops_with_attention`).
 The forward runs on the meta device: shapes only, no arithmetic, so the table is instant.

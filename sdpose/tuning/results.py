@@ -172,7 +172,7 @@ def plot_pareto(rows: list[dict[str, Any]], best: dict[str, Any] | None, path: P
                      edgecolors="red", label="best")  # fmt: skip
     failed = sum(row["status"] == "failed" for row in rows)
     axis.set(
-        xlabel="GFLOPs (one-cycle student, 1x3x256x192)",
+        xlabel="GFLOPs (one-cycle student, at its input size)",
         ylabel="student AP (best epoch)",
         title=f"search: {len(rows)} trials, {failed} failed",
     )
