@@ -1,9 +1,11 @@
 """The Prefect flow `sdpose`: every DVC stage, in order, each as a task.
 
-Stages run through DVC (`Repo.reproduce(stage, single_item=True)`), so the flow skips
-exactly what `dvc repro` would skip and `dvc.lock` records what the flow ran. Flow
-parameters are params.yaml overrides; they are validated before any stage starts and then
-written into params.yaml, as `dvc exp run -S` does, so DVC sees the same values.
+Without overrides, stages run through DVC in the workspace
+(`Repo.reproduce(stage, single_item=True)`), so the flow skips exactly what `dvc repro`
+would skip and `dvc.lock` records what the flow ran. With overrides (validated before
+anything starts), the run is a DVC experiment named after the flow run, in a temporary
+workspace (`pipelines.experiment`): params.yaml and the workspace's outputs stay untouched,
+and concurrent runs cannot collide. docs/experiments.md says where to find its outputs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from typing import Any
 import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
 
+from pipelines.experiment import experiment_json, experiment_name, run_experiment, set_param_args
 from sdpose.config import Params, load_params
 
 RETRIED_STAGES = ("train", "tune")
@@ -26,23 +30,6 @@ RETRIED_STAGES = ("train", "tune")
 def pipeline_stages(workdir: Path) -> list[str]:
     """Stage names of dvc.yaml in file order (DVC's dependency order for this pipeline)."""
     return list(yaml.safe_load((workdir / "dvc.yaml").read_text())["stages"])
-
-
-def write_overrides(workdir: Path, overrides: dict[str, Any]) -> None:
-    """Set dotted keys in params.yaml in place, keeping its comments and order."""
-    from ruamel.yaml import YAML
-
-    handler = YAML()
-    path = workdir / "params.yaml"
-    document = handler.load(path.read_text())
-    for dotted, value in overrides.items():
-        node = document
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    with path.open("w") as stream:
-        handler.dump(document, stream)
 
 
 @task(task_run_name="stage-{stage}")
@@ -58,12 +45,22 @@ def run_stage(stage: str, workdir: str) -> dict[str, Any]:
     return {"stage": stage, "ran": bool(ran)}
 
 
-def registered_line(params: Params, workdir: Path) -> str | None:
+@task(task_run_name="experiment-{name}")
+def run_experiment_task(name: str, overrides: dict[str, Any], workdir: str) -> dict[str, Any]:
+    """The whole pipeline as DVC experiment `name` (all stages, DVC's skips included)."""
+    logger = get_run_logger()
+    commit = run_experiment(Path(workdir), name, overrides, log=logger.info)
+    logger.info("experiment %s saved as %s; `dvc exp apply %s` brings it in", name, commit, name)
+    return {"stage": f"experiment {name}", "ran": True, "experiment": name, "commit": commit}
+
+
+def registered_line(params: Params, workdir: Path, exported: bool = False) -> str | None:
     """The newest registered student; the model card cannot say, it is written before the
-    export stage registers it."""
+    export stage registers it. `exported`: the export ran elsewhere (an experiment)."""
     from sdpose.registry import list_versions
 
-    if not (workdir / "models" / "export" / "model_card.json").exists():  # export has not run
+    card = workdir / "models" / "export" / "model_card.json"
+    if not exported and not card.exists():  # export has not run
         return None
     versions = list_versions(params, workdir)
     if not versions:
@@ -103,6 +100,7 @@ def _summary_lines(params: Params, workdir: Path) -> list[str]:
     lines = ["# sdpose pipeline", ""]
     if registered := registered_line(params, workdir):
         lines.append(registered)
+    lines.append(f"- outputs and params: the workspace `{workdir}` (dvc.lock records the run)")
     for name in ("reports/eval.md", "metrics/train.json", "metrics/tune.json"):
         if (workdir / name).exists():
             lines.append(f"- `{(workdir / name).resolve()}`")
@@ -115,18 +113,35 @@ def _summary_lines(params: Params, workdir: Path) -> list[str]:
     return lines
 
 
-def _publish_artifacts(workdir: Path, params: Params) -> None:
+def _experiment_lines(params: Params, workdir: Path, result: dict[str, Any]) -> list[str]:
+    name, commit = result["experiment"], result["commit"]
+    lines = ["# sdpose pipeline (DVC experiment)", ""]
+    if registered := registered_line(params, workdir, exported=True):
+        lines.append(registered)
+    lines += [
+        f"- DVC experiment: `{name}` (commit `{commit[:7]}`) of `{workdir}`; params.yaml and"
+        " the workspace's outputs were not touched",
+        f"- see it: `dvc exp show`; bring its params, metrics and outputs into the workspace:"
+        f" `dvc exp apply {name}`",
+    ]
+    return lines
+
+
+def _publish_artifacts(lines: list[str], metrics: dict[str, Any] | None) -> None:
     """A table of the evaluation and a markdown summary, attached to the flow run."""
-    eval_path = workdir / "metrics" / "eval.json"
-    if eval_path.exists():
-        metrics = json.loads(eval_path.read_text())
+    if metrics:
         create_table_artifact(
             evaluation_rows(metrics),
             key="sdpose-eval",
             description=f"COCO keypoint AP on {metrics.get('instances')} val instances "
             f"({metrics.get('boxes')} boxes); the student is what ships",
         )
-    create_markdown_artifact("\n".join(_summary_lines(params, workdir)), key="sdpose-summary")
+    create_markdown_artifact("\n".join(lines), key="sdpose-summary")
+
+
+def _workspace_metrics(workdir: Path) -> dict[str, Any] | None:
+    eval_path = workdir / "metrics" / "eval.json"
+    return json.loads(eval_path.read_text()) if eval_path.exists() else None
 
 
 @flow(name="sdpose", log_prints=True)
@@ -134,13 +149,21 @@ def sdpose_flow(overrides: dict[str, Any] | None = None, workdir: str = ".") -> 
     """Run the whole pipeline; a bad override fails the run before any stage starts."""
     root = Path(workdir).resolve()
     params = load_params(root / "params.yaml", overrides or {})
-    if overrides:
-        write_overrides(root, overrides)
+    set_param_args(overrides or {})  # a value DVC's -S cannot carry fails here, not later
     # DVC runs stage commands through a shell: make this interpreter's `sdpose` the one found.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    if overrides:
+        name = experiment_name(flow_run.get_name() or "run")
+        # A retry reruns the experiment; DVC's run-cache restores the stages that finished.
+        result = run_experiment_task.with_options(retries=params.train.retries)(
+            name, overrides, str(root)
+        )
+        metrics = experiment_json(root, result["commit"], "metrics/eval.json")
+        _publish_artifacts(_experiment_lines(params, root, result), metrics)
+        return [result]
     results = []
     for stage in pipeline_stages(root):
         retries = params.train.retries if stage in RETRIED_STAGES else 0
         results.append(run_stage.with_options(retries=retries)(stage, str(root)))
-    _publish_artifacts(root, params)
+    _publish_artifacts(_summary_lines(params, root), _workspace_metrics(root))
     return results

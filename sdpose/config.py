@@ -39,6 +39,8 @@ class SynthParams(_Section):
     val_images: StrictInt = Field(60, ge=1)
     image_size: tuple[int, int] = (320, 256)  # width, height
     max_people: StrictInt = Field(4, ge=1, le=8)
+    occluders: StrictBool = True  # posts, counters, bags and sticks in front of people
+    clutter: StrictBool = True  # furniture, lines and limb-like sticks in the background
     workers: StrictInt = Field(0, ge=0)  # 0 = one process per core
 
     @model_validator(mode="after")

@@ -5,14 +5,16 @@ moves only when a new version's student AP beats the champion's on the same val 
 regression, or a number measured on other data, can never take the slot. Nor can a student
 below `registry.min_ap`, even an empty slot: it is registered, tagged with why, not crowned.
 The tracking store defaults to a SQLite file and the artifacts to a folder, both under the
-workdir, so a project folder carries its own registry and nothing is set globally (no
-`mlflow.set_tracking_uri`): every call builds its own client.
+workdir (or the project folder a DVC experiment's run names, `registry_root`), so a project
+folder carries its own registry and nothing is set globally (no `mlflow.set_tracking_uri`):
+every call builds its own client.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,18 +27,30 @@ ONNX_NAME = "sdpose-student.onnx"
 CARD_NAME = "model_card.json"
 SQLITE_PREFIX = "sqlite:///"
 NOT_CHAMPION_TAG = "not_champion"  # on a version refused by the min_ap gate: why
+# The project folder whose registry a run uses, when its stages run elsewhere (set by the
+# flow for a DVC experiment's temporary workspace; see `registry_root`).
+REGISTRY_ROOT_ENV = "SDPOSE_REGISTRY_ROOT"
 
 
 class RegistryError(RuntimeError):
     """The registry cannot answer (unknown model or alias, missing artifact)."""
 
 
+def registry_root(workdir: Path) -> Path:
+    """Where relative registry paths resolve: the workdir, unless REGISTRY_ROOT_ENV names
+    the project folder (a DVC experiment's stages run in a temporary copy of it, and their
+    student belongs in the project's registry, not in a folder DVC deletes)."""
+    return Path(os.environ.get(REGISTRY_ROOT_ENV) or workdir).resolve()
+
+
 def tracking_uri(params: Params, workdir: Path) -> str:
-    """`registry.tracking_uri` with a relative SQLite path resolved against the workdir.
+    """`registry.tracking_uri` with a relative SQLite path resolved against the registry
+    root (`registry_root`).
 
     SQLAlchemy would resolve `sqlite:///mlruns.db` against the process's current folder;
     a stage must not depend on where it was started from.
     """
+    workdir = registry_root(workdir)
     uri = params.registry.tracking_uri
     if uri.startswith(SQLITE_PREFIX):
         path = Path(uri[len(SQLITE_PREFIX) :])
@@ -68,7 +82,7 @@ def _experiment_id(client, params: Params, workdir: Path) -> str:
     experiment = client.get_experiment_by_name(params.registry.experiment)
     if experiment is not None:
         return experiment.experiment_id
-    artifacts = (Path(workdir).resolve() / "mlartifacts").as_uri()
+    artifacts = (registry_root(workdir) / "mlartifacts").as_uri()
     return client.create_experiment(params.registry.experiment, artifact_location=artifacts)
 
 

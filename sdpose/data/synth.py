@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -45,13 +46,26 @@ def image_id(split: str, index: int) -> int:
     return (VAL_ID_BASE if split == "val" else 0) + index + 1
 
 
+@dataclass(frozen=True)
+class SceneOptions:
+    """What goes into a scene besides its people (`synth.occluders`, `synth.clutter`)."""
+
+    max_people: int = 4
+    occluders: bool = True
+    clutter: bool = True
+
+
 def generate_image(
-    seed: int, split: str, index: int, size: tuple[int, int], max_people: int, images_dir: Path
-) -> tuple[dict, list[dict]]:
+    seed: int, split: str, index: int, size: tuple[int, int], options: SceneOptions,
+    images_dir: Path,
+) -> tuple[dict, list[dict]]:  # fmt: skip
     """Draw, encode and write one image; return its COCO image record and annotations."""
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
     width, height = size
-    scene = render_scene(rng, width, height, max_people)
+    scene = render_scene(
+        rng, width, height, options.max_people, occluders=options.occluders,
+        clutter=options.clutter,
+    )  # fmt: skip
     ident = image_id(split, index)
     file_name = f"{ident:012d}.jpg"
     quality = int(rng.integers(82, 96))
@@ -68,9 +82,9 @@ def generate_image(
 
 
 def _generate_chunk(args: tuple) -> list[tuple[dict, list[dict]]]:
-    seed, split, indices, size, max_people, images_dir = args
+    seed, split, indices, size, scene, images_dir = args
     cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
-    return [generate_image(seed, split, i, size, max_people, images_dir) for i in indices]
+    return [generate_image(seed, split, i, size, scene, images_dir) for i in indices]
 
 
 def generate_splits(
@@ -81,12 +95,15 @@ def generate_splits(
     max_people: int,
     images_dir: Path,
     workers: int = 1,
+    occluders: bool = True,
+    clutter: bool = True,
 ) -> dict[str, dict]:
     """All images of the given splits -> split -> COCO annotation dict (images in index
     order). One process pool serves every split, so workers start only once."""
     images_dir.mkdir(parents=True, exist_ok=True)
+    scene = SceneOptions(max_people, occluders, clutter)
     chunks = [
-        (seed, split, range(start, min(start + CHUNK, count)), size, max_people, images_dir)
+        (seed, split, range(start, min(start + CHUNK, count)), size, scene, images_dir)
         for split, count in counts.items()
         for start in range(0, count, CHUNK)
     ]
@@ -153,6 +170,8 @@ def run(params: Params, workdir: Path) -> dict:
             max_people=settings.max_people,
             images_dir=staging / "images",
             workers=workers,
+            occluders=settings.occluders,
+            clutter=settings.clutter,
         )
         (staging / "annotations").mkdir()
         for split, document in documents.items():

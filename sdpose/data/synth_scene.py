@@ -38,10 +38,18 @@ class Scene:
     annotations: list[dict]
 
 
-def render_scene(rng: np.random.Generator, width: int, height: int, max_people: int) -> Scene:
-    """Draw 1..max_people people with occluders over a cluttered background."""
+def render_scene(
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    max_people: int,
+    occluders: bool = True,
+    clutter: bool = True,
+) -> Scene:
+    """Draw 1..max_people people, with occluders unless `occluders` is off, over a cluttered
+    background (a plain gradient with `clutter` off: the easier quick-start scenes)."""
     people = _sample_people(rng, width, height, int(rng.integers(1, max_people + 1)))
-    objects = _sample_occluders(rng, people, width, height)
+    objects = _sample_occluders(rng, people, width, height) if occluders else []
     layers = [("person", i, key) for i, (_, key) in enumerate(people)]
     layers += [("object", j, key) for j, (_, key) in enumerate(objects)]
     owner = np.zeros((height, width), dtype=np.uint16)
@@ -56,7 +64,7 @@ def render_scene(rng: np.random.Generator, width: int, height: int, max_people: 
             palette.assign(1 + slot * PART_SLOTS + part, material, shade)
     for index in range(len(objects)):
         palette.assign(OBJECT_BASE + index, palette.object_material(), rng.uniform(0.85, 1.1))
-    background = draw_background(rng, palette, width, height, [g for g, _ in people])
+    background = draw_background(rng, palette, width, height, [g for g, _ in people], clutter)
     image = palette.compose(owner, background)
     annotations = [
         annotation

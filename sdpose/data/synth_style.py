@@ -155,8 +155,12 @@ def draw_background(
     width: int,
     height: int,
     people: list[PersonGeometry],
+    clutter: bool = True,
 ) -> np.ndarray:
-    """A gradient, a floor, furniture-like blocks, lines and limb-like sticks: (H, W, 3)."""
+    """A gradient, a floor, furniture-like blocks, lines and limb-like sticks: (H, W, 3).
+
+    Without `clutter`, only the gradient and the floor: nothing that looks like a limb.
+    """
     angle = rng.uniform(0, 2 * np.pi)
     ramp = palette.x * np.float32(np.cos(angle)) + palette.y * np.float32(np.sin(angle))
     ramp = (ramp - ramp.min()) / (np.ptp(ramp) + 1e-6)
@@ -165,6 +169,8 @@ def draw_background(
     if rng.random() < 0.5:
         horizon = int(rng.uniform(0.35, 0.8) * height)
         image[horizon:] = palette.random_color((0.2, 0.8))
+    if not clutter:
+        return image
     for _ in range(int(rng.integers(3, 11))):
         color = tuple(float(c) for c in palette.random_color())
         center = (int(rng.uniform(0, width)), int(rng.uniform(0, height)))

@@ -44,6 +44,8 @@ class TunePaths:
 
     @classmethod
     def under(cls, workdir: Path, params: Params) -> TunePaths:
+        from sdpose.registry import registry_root
+
         workdir = Path(workdir).resolve()
         storage = Path(params.ray.storage_path).expanduser()
         storage = storage if storage.is_absolute() else workdir / storage
@@ -53,7 +55,7 @@ class TunePaths:
             metrics=workdir / "metrics" / "tune.json",
             best_model=workdir / "models" / "tune" / "best.pt",
             pareto=workdir / "reports" / "tune_pareto.png",
-            artifacts=workdir / "mlartifacts",
+            artifacts=registry_root(workdir) / "mlartifacts",  # next to the tracking store
         )
 
 

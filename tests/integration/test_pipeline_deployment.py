@@ -3,9 +3,11 @@
 A `prefect server start` (SQLite under a temporary PREFECT_HOME) and `sdpose serve` in a
 copy of the project (project_copy.py) are started once for the module. A run with an
 invalid override must fail before any stage starts; a run whose overrides make every stage
-tiny must complete: every stage's files, a registered MLflow version and the two
-artifacts on that flow run. The tests run in file order: the first needs a copy no stage
-has touched. Every process the module started is stopped, and checked gone, at the end.
+tiny must run as DVC experiments: two started together both complete, each with its own
+params and metrics in `dvc exp show`, each student registered, the two artifacts on each
+flow run, and the project's params.yaml byte-identical. The tests run in file order: the
+first needs a copy no stage has touched. Every process the module started is stopped, and
+checked gone, at the end.
 """
 
 from __future__ import annotations
@@ -22,18 +24,17 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-import yaml
 from project_copy import (
     TINY_PIPELINE,
     VENV_BIN,
     copy_project,
-    missing_outputs,
     tool_env,
 )
 
@@ -247,44 +248,71 @@ def test_invalid_override_fails_the_run_before_any_stage(served: Served) -> None
     assert not (served.workdir / "dvc.lock").exists()
 
 
-def test_tiny_run_completes_registers_and_publishes(served: Served) -> None:
-    flow_run, output = served.run_deployment(TINY_PIPELINE, timeout=1000)
-
-    state = flow_run["state"]
-    assert state["type"] == "COMPLETED", f"{state}\n{output}\n{tail(served.logs[1], 80)}"
+def test_runs_with_overrides_are_side_by_side_dvc_experiments(served: Served) -> None:
+    """Two runs started together, each a DVC experiment of its own params; the user's
+    params.yaml byte-identical; each student registered with its run's params."""
     workdir = served.workdir
-    assert missing_outputs(workdir) == []
-    assert list((workdir / "data" / "crops" / "train").glob("*.parquet"))
-    # the overrides reached params.yaml and the stages: 24 synthetic training images
-    params = yaml.safe_load((workdir / "params.yaml").read_text())
-    assert params["synth"]["train_images"] == TINY_PIPELINE["synth.train_images"]
-    assert params["tune"]["space"] == TINY_PIPELINE["tune.space"]
-    annotations = workdir / "data/raw/synth/annotations/person_keypoints_train.json"
-    coco = json.loads(annotations.read_text())
-    assert len(coco["images"]) == TINY_PIPELINE["synth.train_images"]
-    # every stage ran through DVC, which recorded it
-    lock = yaml.safe_load((workdir / "dvc.lock").read_text())
-    assert sorted(lock["stages"]) == sorted(STAGES)
+    params_before = (workdir / "params.yaml").read_bytes()
+    runs = {seed: {**TINY_PIPELINE, "train.seed": seed} for seed in (0, 1)}
+    with ThreadPoolExecutor(len(runs)) as pool:
+        started = {seed: pool.submit(served.run_deployment, o, 1000) for seed, o in runs.items()}
+        done = {seed: future.result() for seed, future in started.items()}
 
-    card = json.loads((workdir / "models" / "export" / "model_card.json").read_text())
+    for flow_run, output in done.values():
+        state = flow_run["state"]
+        assert state["type"] == "COMPLETED", f"{state}\n{output}\n{tail(served.logs[1], 80)}"
+    assert (workdir / "params.yaml").read_bytes() == params_before
+    assert not (workdir / "dvc.lock").exists() and not (workdir / "models").exists()
+
+    experiments = _experiments(workdir)
     versions = _registered_versions(workdir)
-    assert len(versions) == 1, versions
-    assert float(versions[0].tags["student_ap"]) == card["student_ap"]
+    assert len(versions) == len(runs), versions
+    registered_seeds = sorted(
+        json.loads(_run_params(workdir, version.run_id)["train"])["seed"] for version in versions
+    )
+    assert registered_seeds == sorted(runs)
+    for seed, (flow_run, _) in done.items():
+        name = f"prefect-{flow_run['name']}"
+        assert name in experiments, sorted(experiments)
+        params, metrics = experiments[name]
+        assert params["train"]["seed"] == seed
+        assert params["synth"]["train_images"] == TINY_PIPELINE["synth.train_images"]
+        assert params["tune"]["space"] == TINY_PIPELINE["tune.space"]
+        evaluation = metrics["metrics/eval.json"]["data"]
+        assert 0.0 <= evaluation["student_ap"] <= 1.0
+        assert set(evaluation["models"]) == {"train", "tune"}
 
-    artifacts = served.artifacts(flow_run["id"])
-    assert {"sdpose-eval", "sdpose-summary"} <= set(artifacts), sorted(artifacts)
-    assert artifacts["sdpose-eval"]["type"] == "table"
-    table = artifacts["sdpose-eval"]["data"]
-    rows = json.loads(table) if isinstance(table, str) else table
-    evaluation = json.loads((workdir / "metrics" / "eval.json").read_text())
-    best = next(row for row in rows if row["model"] == f"{evaluation['best']} (best)")
-    assert best["student AP"] == evaluation["student_ap"]
-    assert {row["model"].removesuffix(" (best)") for row in rows} == set(evaluation["models"])
-    summary = artifacts["sdpose-summary"]
-    assert summary["type"] == "markdown"
-    assert f"`sdpose-student` version {versions[0].version}" in summary["data"]
-    assert str(workdir / "reports" / "eval.md") in summary["data"]
+        artifacts = served.artifacts(flow_run["id"])
+        assert {"sdpose-eval", "sdpose-summary"} <= set(artifacts), sorted(artifacts)
+        table = artifacts["sdpose-eval"]["data"]
+        rows = json.loads(table) if isinstance(table, str) else table
+        best = next(row for row in rows if row["model"] == f"{evaluation['best']} (best)")
+        assert best["student AP"] == evaluation["student_ap"]
+        summary = artifacts["sdpose-summary"]["data"]
+        assert f"DVC experiment: `{name}`" in summary and f"dvc exp apply {name}" in summary
     _assert_ray_stopped(served.tracker)
+
+
+def _experiments(workdir: Path) -> dict[str, tuple[dict, dict]]:
+    """`dvc exp show --json`: experiment name -> (its params.yaml, its metrics)."""
+    done = subprocess.run(
+        [str(VENV_BIN / "dvc"), "exp", "show", "--json"], cwd=workdir, env=tool_env(),
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    found = {}
+    for baseline in json.loads(done.stdout):
+        for experiment in baseline.get("experiments") or []:
+            for rev in experiment["revs"]:
+                data = rev["data"]
+                found[rev["name"]] = (data["params"]["params.yaml"]["data"], data["metrics"])
+    return found
+
+
+def _run_params(workdir: Path, run_id: str) -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{workdir / 'mlruns.db'}"
+    return MlflowClient(tracking_uri=uri).get_run(run_id).data.params
 
 
 def _registered_versions(workdir: Path) -> list:

@@ -249,3 +249,24 @@ def test_overlay_grid_draws_each_label_in_its_side_colour(dataset):
                     assert tuple(drawn[round(y), round(x)]) == colour
                     checked += 1
     assert checked >= 5
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_plain_scenes_have_no_clutter_and_no_occluders(seed):
+    """synth.clutter / synth.occluders off: a smooth background, nothing in front of anyone."""
+    from sdpose.data.synth_scene import render_scene
+    from sdpose.data.synth_style import Palette, draw_background
+
+    width, height = 160, 128
+
+    def background(clutter: bool) -> np.ndarray:
+        palette = Palette(np.random.default_rng(seed), width, height)
+        return draw_background(np.random.default_rng(seed), palette, width, height, [], clutter)
+
+    plain, busy = background(clutter=False), background(clutter=True)
+    # a gradient changes by about its range / width per pixel; blocks, lines and sticks jump
+    assert np.abs(np.diff(plain, axis=1)).max() < 2.0 / width * 255
+    assert np.abs(np.diff(busy, axis=1)).max() > 10 * np.abs(np.diff(plain, axis=1)).max()
+    rng = np.random.default_rng(seed)
+    scene = render_scene(rng, width, height, 1, occluders=False, clutter=False)
+    assert len(scene.annotations) <= 1
