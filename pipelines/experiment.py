@@ -17,9 +17,11 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from sdpose.registry import REGISTRY_ROOT_ENV
 
@@ -65,17 +67,34 @@ def override_value(value: Any) -> str:
     raise ValueError(f"{value!r}: a params value must be YAML data, not {type(value).__name__}")
 
 
-def set_param_args(overrides: dict[str, Any]) -> list[str]:
-    """`-S ++key=value` per override (`++`: set the key whether or not params.yaml has it)."""
+def set_param_args(overrides: dict[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """`-S ++key=value` per override (`++`: set the key whether or not params.yaml has it).
+
+    Hydra merges a mapping into the mapping already there, while an override replaces it
+    (`sdpose.config.apply_overrides`: a `tune.space` override is the whole search space),
+    so a mapping that exists in `current` (params.yaml as loaded) is deleted first (`~key`).
+    """
     args = []
     for key, value in overrides.items():
         if not _KEY.match(key):
             raise ValueError(f"{key!r}: an override key must be dotted names, e.g. train.lr")
         try:
-            args += ["-S", f"++{key}={override_value(value)}"]
+            encoded = override_value(value)
         except ValueError as error:
             raise ValueError(f"{key}: {error}") from None
+        if isinstance(value, dict) and isinstance(_lookup(current, key), Mapping):
+            args += ["-S", f"~{key}"]
+        args += ["-S", f"++{key}={encoded}"]
     return args
+
+
+def _lookup(document: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = document
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def run_experiment(
@@ -88,7 +107,8 @@ def run_experiment(
     commit. Raises RuntimeError with the end of DVC's output when the run fails.
     """
     dvc = str(Path(sys.executable).parent / "dvc")
-    args = [dvc, "exp", "run", "--temp", "--name", name, *set_param_args(overrides)]
+    current = yaml.safe_load((workdir / "params.yaml").read_text()) or {}
+    args = [dvc, "exp", "run", "--temp", "--name", name, *set_param_args(overrides, current)]
     env = {**os.environ, REGISTRY_ROOT_ENV: str(workdir), "DVC_NO_ANALYTICS": "1"}
     lines: list[str] = []
     with subprocess.Popen(

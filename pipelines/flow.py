@@ -149,7 +149,8 @@ def sdpose_flow(overrides: dict[str, Any] | None = None, workdir: str = ".") -> 
     """Run the whole pipeline; a bad override fails the run before any stage starts."""
     root = Path(workdir).resolve()
     params = load_params(root / "params.yaml", overrides or {})
-    set_param_args(overrides or {})  # a value DVC's -S cannot carry fails here, not later
+    # a value DVC's -S cannot carry fails here, before anything starts
+    set_param_args(overrides or {}, yaml.safe_load((root / "params.yaml").read_text()) or {})
     # DVC runs stage commands through a shell: make this interpreter's `sdpose` the one found.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     if overrides:

@@ -156,6 +156,12 @@ def _pipeline(args: argparse.Namespace) -> int:
     results = sdpose_flow(overrides=overrides, workdir=str(workdir))
     for result in results:
         print(f"{result['stage']:>10}: {'ran' if result['ran'] else 'up to date, skipped'}")
+    experiment = next((result["experiment"] for result in results if "experiment" in result), None)
+    if experiment:  # the workspace holds none of its outputs (docs/experiments.md)
+        print(f"\nDVC experiment {experiment}: params.yaml and the workspace are unchanged.")
+        print("  dvc exp show                    # its params and metrics next to the others")
+        print(f"  dvc exp apply {experiment}   # bring its params, metrics and outputs in")
+        return 0
     _print_where_to_look(workdir, load_params(workdir / "params.yaml"))
     return 0
 
