@@ -21,8 +21,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sdpose.registry import REGISTRY_ROOT_ENV
 
 EXPERIMENT_PREFIX = "prefect-"
@@ -98,17 +96,17 @@ def _lookup(document: Mapping[str, Any], dotted: str) -> Any:
 
 
 def run_experiment(
-    workdir: Path, name: str, overrides: dict[str, Any], log: Callable[[str], None]
+    workdir: Path, name: str, set_args: list[str], log: Callable[[str], None]
 ) -> str:
-    """Run the whole pipeline as experiment `name`; every output line goes to `log`.
+    """Run the whole pipeline as experiment `name` with `set_args` (`set_param_args`);
+    every output line goes to `log`.
 
     The registry resolves against `workdir` (REGISTRY_ROOT_ENV), not the temporary copy,
     so the student is registered in the project's registry. Returns the experiment's
     commit. Raises RuntimeError with the end of DVC's output when the run fails.
     """
     dvc = str(Path(sys.executable).parent / "dvc")
-    current = yaml.safe_load((workdir / "params.yaml").read_text()) or {}
-    args = [dvc, "exp", "run", "--temp", "--name", name, *set_param_args(overrides, current)]
+    args = [dvc, "exp", "run", "--temp", "--name", name, *set_args]
     env = {**os.environ, REGISTRY_ROOT_ENV: str(workdir), "DVC_NO_ANALYTICS": "1"}
     lines: list[str] = []
     with subprocess.Popen(

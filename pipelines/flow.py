@@ -46,10 +46,10 @@ def run_stage(stage: str, workdir: str) -> dict[str, Any]:
 
 
 @task(task_run_name="experiment-{name}")
-def run_experiment_task(name: str, overrides: dict[str, Any], workdir: str) -> dict[str, Any]:
+def run_experiment_task(name: str, set_args: list[str], workdir: str) -> dict[str, Any]:
     """The whole pipeline as DVC experiment `name` (all stages, DVC's skips included)."""
     logger = get_run_logger()
-    commit = run_experiment(Path(workdir), name, overrides, log=logger.info)
+    commit = run_experiment(Path(workdir), name, set_args, log=logger.info)
     logger.info("experiment %s saved as %s; `dvc exp apply %s` brings it in", name, commit, name)
     return {"stage": f"experiment {name}", "ran": True, "experiment": name, "commit": commit}
 
@@ -150,14 +150,15 @@ def sdpose_flow(overrides: dict[str, Any] | None = None, workdir: str = ".") -> 
     root = Path(workdir).resolve()
     params = load_params(root / "params.yaml", overrides or {})
     # a value DVC's -S cannot carry fails here, before anything starts
-    set_param_args(overrides or {}, yaml.safe_load((root / "params.yaml").read_text()) or {})
+    current = yaml.safe_load((root / "params.yaml").read_text()) or {}
+    set_args = set_param_args(overrides or {}, current)
     # DVC runs stage commands through a shell: make this interpreter's `sdpose` the one found.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     if overrides:
         name = experiment_name(flow_run.get_name() or "run")
         # A retry reruns the experiment; DVC's run-cache restores the stages that finished.
         result = run_experiment_task.with_options(retries=params.train.retries)(
-            name, overrides, str(root)
+            name, set_args, str(root)
         )
         metrics = experiment_json(root, result["commit"], "metrics/eval.json")
         _publish_artifacts(_experiment_lines(params, root, result), metrics)
