@@ -11,6 +11,7 @@ and concurrent runs cannot collide. docs/experiments.md says where to find its o
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,8 @@ from prefect.runtime import flow_run
 
 from pipelines.experiment import experiment_json, experiment_name, run_experiment, set_param_args
 from sdpose.config import Params, load_params
+from sdpose.console import LOG_DIR_ENV
+from sdpose.ray_runtime import run_ray
 
 RETRIED_STAGES = ("train", "tune")
 
@@ -38,6 +41,9 @@ def run_stage(stage: str, workdir: str) -> dict[str, Any]:
     from dvc.repo import Repo
 
     logger = get_run_logger()
+    # the stage command prints its own start and result lines; DVC's "Running stage" and
+    # git hints would repeat them (dvc.lock is staged by core.autostage in .dvc/config)
+    logging.getLogger("dvc").setLevel(logging.WARNING)
     with Repo(workdir) as repo:
         ran = repo.reproduce(stage, single_item=True)
     status = "ran" if ran else "skipped (up to date)"
@@ -104,12 +110,7 @@ def _summary_lines(params: Params, workdir: Path) -> list[str]:
     for name in ("reports/eval.md", "metrics/train.json", "metrics/tune.json"):
         if (workdir / name).exists():
             lines.append(f"- `{(workdir / name).resolve()}`")
-    train_path = workdir / "metrics" / "train.json"
-    dashboard = (
-        json.loads(train_path.read_text()).get("dashboard_url") if train_path.exists() else ""
-    )
-    if dashboard:  # a local Ray lives as long as its stage; a cluster's dashboard stays
-        lines.append(f"- Ray dashboard of the training run: {dashboard}")
+    lines.append(f"- every stage's full output: `{workdir / 'logs'}/<stage>.log`")
     return lines
 
 
@@ -154,18 +155,25 @@ def sdpose_flow(overrides: dict[str, Any] | None = None, workdir: str = ".") -> 
     set_args = set_param_args(overrides or {}, current)
     # DVC runs stage commands through a shell: make this interpreter's `sdpose` the one found.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    if overrides:
-        name = experiment_name(flow_run.get_name() or "run")
-        # A retry reruns the experiment; DVC's run-cache restores the stages that finished.
-        result = run_experiment_task.with_options(retries=params.train.retries)(
-            name, set_args, str(root)
-        )
-        metrics = experiment_json(root, result["commit"], "metrics/eval.json")
-        _publish_artifacts(_experiment_lines(params, root, result), metrics)
-        return [result]
-    results = []
-    for stage in pipeline_stages(root):
-        retries = params.train.retries if stage in RETRIED_STAGES else 0
-        results.append(run_stage.with_options(retries=retries)(stage, str(root)))
+    run_name = flow_run.get_name() or "run"
+    name = experiment_name(run_name)
+    logs = root / "logs" / name if overrides else root / "logs"
+    os.environ[LOG_DIR_ENV] = str(logs)  # an experiment's temporary copy logs here too
+    with run_ray(params.ray, record=logs / "ray.json") as ray_info:
+        if ray_info["started"]:
+            url, address = ray_info["dashboard_url"], ray_info["address"]
+            print(f"Ray dashboard of this run: {url} (Ray at {address})")
+        if overrides:
+            # A retry reruns the experiment; DVC's run-cache restores the stages that finished.
+            result = run_experiment_task.with_options(retries=params.train.retries)(
+                name, set_args, str(root)
+            )
+            metrics = experiment_json(root, result["commit"], "metrics/eval.json")
+            _publish_artifacts(_experiment_lines(params, root, result), metrics)
+            return [result]
+        results = []
+        for stage in pipeline_stages(root):
+            retries = params.train.retries if stage in RETRIED_STAGES else 0
+            results.append(run_stage.with_options(retries=retries)(stage, str(root)))
     _publish_artifacts(_summary_lines(params, root), _workspace_metrics(root))
     return results

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,11 +70,20 @@ def _print_json(value: Any) -> None:
 
 
 def _run_stage(args: argparse.Namespace) -> int:
+    """The stage with its detail in logs/<stage>.log and one result line (`--json`: the
+    whole summary on stdout instead)."""
+    from sdpose.console import result_line, stage_console
+
+    params = _params(args)  # a bad value fails before the log opens, on the terminal
     module = importlib.import_module(STAGES[args.command][0])
     options = {key: getattr(args, key) for key in ("strict", "resume") if hasattr(args, key)}
     options = {key: value for key, value in options.items() if value is not None}
-    summary = module.run(_params(args), Path.cwd(), **options)
-    _print_json(summary)
+    started = time.perf_counter()
+    with stage_console(args.command, Path.cwd()) as console:
+        summary = module.run(params, Path.cwd(), **options)
+        console.line(result_line(args.command, summary, time.perf_counter() - started))
+    if args.json:
+        _print_json(summary)
     return 0
 
 
@@ -189,9 +199,10 @@ def _print_where_to_look(workdir: Path, params: Params) -> None:
     if registered:
         print(f"  {registered.removeprefix('- ')}")
     print(f"  mlflow ui --backend-store-uri {params.registry.tracking_uri}   # runs and registry")
+    print("  logs/<stage>.log                     every stage's full output")
     print(
-        "  Ray dashboard: each stage's local Ray serves it while the stage runs (the URL is "
-        "printed above); for one that stays, `ray start --head` and run with ray.address=auto"
+        "  Ray dashboard: the run's Ray served it while the run lasted (the URL is printed "
+        "above); for one that stays, `ray start --head` and run with ray.address=auto"
     )
 
 
@@ -243,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in STAGES.items():
         stage = commands.add_parser(name, help=help_text)
         _add_params_options(stage)
+        stage.add_argument(
+            "--json", action="store_true", help="print the stage's whole summary as JSON"
+        )
         if name == "prepare":
             stage.add_argument(
                 "--strict",

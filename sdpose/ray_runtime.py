@@ -7,30 +7,32 @@ Ray started by a caller (a test, a notebook, the Prefect flow) is reused instead
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sdpose.config import RayParams
 
 # Ray's own loggers that narrate every execution at INFO; warnings and errors still show.
+RUN_RAY_ENV = "SDPOSE_RAY_ADDRESS"  # the Ray of the whole pipeline run (`run_ray`)
 _NOISY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "filelock")
 
 
-def progress_bars_wanted() -> bool:
-    """Progress bars help a person at a terminal and only clutter CI logs and log files."""
-    ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-    return sys.stderr.isatty() and not ci
-
-
 def quiet_ray_logs() -> None:
-    """Configure Ray Data's driver-side output: bars per `progress_bars_wanted`, no banners."""
+    """Configure Ray Data's driver-side output: bars only at a terminal, no banners.
+
+    Inside a stage command (`sdpose.console`) stderr is the stage's log, so no bars.
+    """
     from ray.data import DataContext
 
-    bars = progress_bars_wanted()
+    from sdpose.console import interactive
+
+    bars = interactive(sys.stderr)
     context = DataContext.get_current()
     context.enable_progress_bars = bars
     context.enable_operator_progress_bars = bars
@@ -40,11 +42,12 @@ def quiet_ray_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def init_ray(ray_params: RayParams) -> dict[str, Any]:
+def init_ray(ray_params: RayParams, log_to_driver: bool = True) -> dict[str, Any]:
     """Connect to (or start) the Ray of `ray_params.address`; idempotent.
 
-    "" starts a new local Ray with its dashboard on `dashboard_host`; "auto" joins the
-    cluster of this machine; "ray://host:port" goes through Ray Client. A Ray already
+    "" joins the pipeline run's Ray (`run_ray`, $SDPOSE_RAY_ADDRESS) or else starts a new
+    local Ray with its dashboard on `dashboard_host`; "auto" joins the cluster of this
+    machine; "ray://host:port" goes through Ray Client. A Ray already
     initialised in this process is reused whatever the address says. Returns what a log
     line or a run record needs: address, dashboard URL, CPUs and GPUs, and `started`
     (whether this call started it, so that only the starter shuts it down).
@@ -52,13 +55,14 @@ def init_ray(ray_params: RayParams) -> dict[str, Any]:
     import ray
 
     started = False
+    address = ray_params.address or os.environ.get(RUN_RAY_ENV, "")
     if not ray.is_initialized():
         options: dict[str, Any] = {
             "logging_level": logging.WARNING,
-            "log_to_driver": True,
+            "log_to_driver": log_to_driver,
             "ignore_reinit_error": True,
         }
-        if ray_params.address == "":
+        if address == "":
             # "local" forces a fresh instance: a bare ray.init() would silently join a
             # cluster that someone else started on this machine.
             options |= {
@@ -67,7 +71,7 @@ def init_ray(ray_params: RayParams) -> dict[str, Any]:
                 "dashboard_host": ray_params.dashboard_host,
             }
         else:
-            options["address"] = ray_params.address
+            options["address"] = address
         ray.init(**options)
         started = True
     quiet_ray_logs()
@@ -102,3 +106,49 @@ def ray_session(ray_params: RayParams) -> Iterator[dict[str, Any]]:
     finally:
         if info["started"]:
             ray.shutdown()
+
+
+@contextmanager
+def run_ray(ray_params: RayParams, record: Path | None = None) -> Iterator[dict[str, Any]]:
+    """One local Ray head for a whole pipeline run, so that one dashboard shows every stage.
+
+    With `ray.address` "" (and no outer run's Ray), starts a local Ray in this process with
+    its dashboard and points the stages at it ($SDPOSE_RAY_ADDRESS, inherited by DVC's stage
+    commands); at the end, also on failure or Ctrl-C, shuts it down, which stops the
+    processes it started (their pids are in `record`, JSON, with the address). A user's
+    cluster (`auto`, `ray://`) or an outer run's Ray is used as it is and never stopped:
+    then this yields {"address": ..., "started": False}.
+    """
+    import ray
+
+    outer = ray_params.address or os.environ.get(RUN_RAY_ENV, "")
+    if outer or ray.is_initialized():
+        yield {"address": outer, "dashboard_url": "", "started": False, "pids": []}
+        return
+    info = init_ray(ray_params, log_to_driver=False)  # the stages' output goes to their logs
+    info["pids"] = ray_pids()
+    if record is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(info, indent=2) + "\n")
+    os.environ[RUN_RAY_ENV] = info["address"]
+    try:
+        yield info
+    finally:
+        os.environ.pop(RUN_RAY_ENV, None)
+        ray.shutdown()
+
+
+def ray_pids() -> list[int]:
+    """Processes of the local Ray this process started (private API; [] if it moves)."""
+    import ray
+
+    try:
+        node = ray._private.worker._global_node
+        return sorted(
+            info.process.pid
+            for infos in node.all_processes.values()
+            for info in infos
+            if info.process is not None
+        )
+    except Exception:
+        return []

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from ray.data import SaveMode
 from ray.data.datasource import FilenameProvider
 
+from sdpose import console
 from sdpose.config import CropsParams, Params
 from sdpose.data.atomic import remove_abandoned_staging, staged_directory
 from sdpose.data.manifest import META_IMAGE_ROOT, META_VERSION, SCHEMA_VERSION, ManifestError
@@ -339,10 +340,11 @@ def run(params: Params, workdir: Path) -> dict[str, Any]:
     max_height = max_box_height(input_size)
     started = time.perf_counter()
     with staged_directory(out_root) as staging, ray_session(params.ray) as ray_info:
-        for split, manifest in manifests.items():
+        for done, (split, manifest) in enumerate(manifests.items(), start=1):
             image_root = manifest_image_root(manifest, workdir)
             crop_split(manifest, image_root, staging / split, staging / SKIPPED / split,
                        params.crops, max_height)  # fmt: skip
+            console.progress("crops (splits)", done, len(manifests))
         seconds = time.perf_counter() - started
         summary = summarize(staging, list(manifests), params.crops, seconds, ray_info)
         # what the feed checks: crops are cut for one model input size

@@ -95,6 +95,7 @@ def run(
         "resumed_after_epoch": last_epoch if last_epoch >= 0 else None,
         "run_dir": str(paths.run),
         "dashboard_url": ray_info.get("dashboard_url", ""),
+        "ray_address": ray_info.get("address", ""),
     }
     write_json(summary, paths.metrics)
     return summary
@@ -132,11 +133,13 @@ def build_trainer(
     first_epoch: int = 0,
     placement_strategy: str = "PACK",
     callbacks: list | None = None,
+    console: bool = True,
 ):
     """The TorchTrainer: gloo on CPU, NCCL on GPU, the train split sharded across workers.
 
     `first_epoch` seeds the augmentation of the first pass (the feed counts passes on);
-    `callbacks` are Ray Train run callbacks (Tune's report callback inside a trial).
+    `callbacks` are Ray Train run callbacks (Tune's report callback inside a trial);
+    `console`: rank 0 prints epoch lines and a progress bar (off inside a Tune trial).
     """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -152,6 +155,7 @@ def build_trainer(
             "params": params.to_dict(),
             "annotations": str(paths.annotations),
             "train_rows": feed.split_rows(workdir, "train"),
+            "console": console,
         },
         torch_config=TorchConfig(backend="nccl" if params.ray.use_gpu else "gloo"),
         scaling_config=ScalingConfig(

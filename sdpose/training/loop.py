@@ -34,6 +34,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from sdpose import console
 from sdpose.codec import HeatmapCodec
 from sdpose.config import Params
 from sdpose.losses import DistillationLoss
@@ -97,8 +98,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             progress, best_state = restore(trainee, Path(folder), params)
 
     annotations = Path(config["annotations"])
+    # rank 0 of a stage's own run talks to the terminal (sdpose.console); a Tune trial's
+    # workers do not: the search prints one line per trial
+    shown = bool(config.get("console", True)) and rank == 0
+    total_iters = per_epoch * params.train.epochs
     for epoch in range(progress.epoch + 1, params.train.epochs):
-        row = run_epoch(trainee, epoch, params, annotations)
+        row = run_epoch(trainee, epoch, params, annotations, total_iters if shown else 0)
         progress.workers = _all_gather(describe_worker(trainee, rank))
         progress.epoch = epoch
         progress.history.append(row)
@@ -106,11 +111,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             progress.best_ap, progress.best_epoch = row["student_ap"], epoch
             best_state = _cpu_copy(unwrap(trainee.model).state_dict())
         metrics = {**row, "best_student_ap": progress.best_ap, "restores": progress.restores}
+        if shown:
+            console.say(epoch_line(progress.history, params.train.epochs))
         report(metrics, trainee, progress, best_state, params, rank)
 
 
-def run_epoch(trainee: Trainee, epoch: int, params: Params, annotations: Path) -> dict[str, Any]:
-    """Train on this worker's shard, then validate; the epoch's history row."""
+def run_epoch(
+    trainee: Trainee, epoch: int, params: Params, annotations: Path, total_iters: int = 0
+) -> dict[str, Any]:
+    """Train on this worker's shard, then validate; the epoch's history row.
+
+    `total_iters` > 0: a progress bar over the run's iterations (sdpose.console)."""
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     per_worker_batch = max(1, params.train.batch_size // world_size)
@@ -122,6 +133,8 @@ def run_epoch(trainee: Trainee, epoch: int, params: Params, annotations: Path) -
     )
     train_shard = ray.train.get_dataset_shard("train")
     batches = train_shard.iter_torch_batches(batch_size=per_worker_batch)
+    if total_iters:
+        batches = _with_progress(batches, trainee, total_iters)
     row = {"epoch": epoch, **train_epoch(trainee, batches, loss_fn, epoch)}
     row["iterations"] = trainee.schedule.iteration  # optimiser steps so far, the whole run
     # Validation is not split by Ray (a split drops rows to even the shards out): every
@@ -130,6 +143,30 @@ def run_epoch(trainee: Trainee, epoch: int, params: Params, annotations: Path) -
     own_share = (batch for index, batch in enumerate(val_batches) if index % world_size == rank)
     codec = HeatmapCodec.for_model(unwrap(trainee.model).config, params.train.sigma)
     return row | validate_epoch(trainee, own_share, codec, params, annotations)
+
+
+def epoch_line(history: list[dict[str, Any]], epochs: int) -> str:
+    """`epoch 3/6  loss ...  student AP ...  teacher AP ...  samples/s  ~40 s left`."""
+    row = history[-1]
+    seconds = [r["epoch_time_s"] + r.get("val_time_s", 0.0) for r in history]
+    left = (epochs - row["epoch"] - 1) * sum(seconds) / len(seconds)
+    return (
+        f"epoch {row['epoch'] + 1}/{epochs}  loss {row['loss']:.5f}  "
+        f"student AP {row['student_ap']:.4f}  teacher AP {row['teacher_ap']:.4f}  "
+        f"{row['samples_per_s']:.1f} samples/s  ~{left:.0f} s left"
+    )
+
+
+def _with_progress(
+    batches: Iterator[dict[str, torch.Tensor]], trainee: Trainee, total: int, every_s: float = 2.0
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The batches, with a progress line at most every `every_s` (they travel through Ray)."""
+    shown_at = 0.0
+    for batch in batches:
+        yield batch
+        if (now := time.monotonic()) - shown_at >= every_s:
+            console.progress("train iterations", trainee.schedule.iteration, total)
+            shown_at = now
 
 
 def seed_everything(seed: int) -> None:

@@ -82,6 +82,7 @@ def run(params: Params, workdir: Path, resume: bool = False) -> dict[str, Any]:
     trials = ExperimentAnalysis(str(paths.experiment)).trials
     rows = _rows(trials, params, paths)
     summary = _summary(params, paths, rows, concurrency, wall_time_s, resumed)
+    summary["ray_address"] = ray_info.get("address", "")
     best = write_results(rows, summary, paths.metrics, paths.best_model)
     plot_pareto(rows, best, paths.pareto)
     return {**summary, "best": _brief(best)}
@@ -186,6 +187,7 @@ def _callbacks(params: Params, workdir: Path, paths: TunePaths) -> list:
     from sdpose.tuning.cleanup import PlacementGroupJanitor
     from sdpose.tuning.results import trial_cost
     from sdpose.tuning.tracking import MlflowTrials
+    from sdpose.tuning.trial_lines import TrialLines
 
     describe = functools.partial(
         trial_cost, base_params=params.to_dict(), max_epochs=params.tune.max_epochs
@@ -197,7 +199,11 @@ def _callbacks(params: Params, workdir: Path, paths: TunePaths) -> list:
         search=str(paths.experiment),
         describe=describe,
     )
-    return [PlacementGroupJanitor(), mlflow]
+    return [
+        PlacementGroupJanitor(),
+        mlflow,
+        TrialLines(params.tune.num_samples, params.tune.max_epochs),
+    ]
 
 
 def _rows(trials: list, params: Params, paths: TunePaths) -> list[dict[str, Any]]:

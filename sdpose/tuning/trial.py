@@ -58,7 +58,9 @@ def drive_trial(
     latest = run.latest_checkpoint()
     first_epoch = latest[0] + 1 if latest else 0
     callbacks = [TrialReport(), PlacementGroupRecorder()]
-    trainer = build_trainer(params, Path(workdir), paths, first_epoch, callbacks=callbacks)
+    trainer = build_trainer(
+        params, Path(workdir), paths, first_epoch, callbacks=callbacks, console=False
+    )
     trainer.fit()  # raises the run's error: Tune records it on the trial
 
 

@@ -265,6 +265,7 @@ def test_runs_with_overrides_are_side_by_side_dvc_experiments(served: Served) ->
     assert not (workdir / "dvc.lock").exists() and not (workdir / "models").exists()
 
     experiments = _experiments(workdir)
+    addresses = set()
     versions = _registered_versions(workdir)
     assert len(versions) == len(runs), versions
     registered_seeds = sorted(
@@ -290,7 +291,43 @@ def test_runs_with_overrides_are_side_by_side_dvc_experiments(served: Served) ->
         assert best["student AP"] == evaluation["student_ap"]
         summary = artifacts["sdpose-summary"]["data"]
         assert f"DVC experiment: `{name}`" in summary and f"dvc exp apply {name}" in summary
+        addresses.add(_assert_one_ray_for_the_run(workdir / "logs" / name, metrics))
+    assert len(addresses) == len(runs)  # each run had its own Ray
     _assert_ray_stopped(served.tracker)
+    _assert_readable_output(served.logs[1].read_text(), len(runs))
+
+
+def _assert_one_ray_for_the_run(logs: Path, metrics: dict[str, Any]) -> str:
+    """Every Ray stage of the run ran on the Ray the flow started, now stopped; its address."""
+    record = json.loads((logs / "ray.json").read_text())
+    address = record["address"]
+    assert address and record["pids"], record
+    assert metrics["metrics/train.json"]["data"]["ray_address"] == address
+    assert metrics["metrics/tune.json"]["data"]["ray_address"] == address
+    assert f"on Ray {address}" in (logs / "crops.log").read_text()  # its result line
+    deadline = time.monotonic() + 60
+    while (alive := [pid for pid in record["pids"] if psutil.pid_exists(pid)]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(1)
+    assert not alive, f"the run's Ray processes {alive} outlived it"
+    for stage in ("synth", "prepare", "crops", "train", "tune", "evaluate", "export"):
+        assert (logs / f"{stage}.log").stat().st_size > 0, stage
+    return address
+
+
+def _assert_readable_output(output: str, runs: int) -> None:
+    """What the runs printed (not a terminal): stage, epoch and trial lines; no Ray report
+    dicts, DVC hints or warnings repeated stage after stage (they stay in logs/)."""
+    assert "TrainingReport(" not in output and "dvc config core.autostage" not in output
+    assert "Progress bars disabled" not in output
+    assert len(re.findall(r"train: done in", output)) == runs
+    assert len(re.findall(r"epoch 1/1 +loss", output)) == runs  # rank 0 only, once
+    assert len(re.findall(r"trial \d/2 ", output)) == 2 * runs
+    warnings = [re.sub(r"^.*?(WARNING)", r"\1", line) for line in output.splitlines()
+                if "WARNING" in line]  # fmt: skip
+    repeated = {line for line in warnings if warnings.count(line) > runs}
+    assert not repeated, repeated
 
 
 def _experiments(workdir: Path) -> dict[str, tuple[dict, dict]]:

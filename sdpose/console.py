@@ -1,0 +1,243 @@
+"""What a person sees of a stage: a start line, marked lines, progress bars, a result line.
+
+A stage command runs inside `stage_console`: the process's stdout and stderr (file
+descriptors 1 and 2, so Ray's, C extensions' and child processes' output too) go to the
+stage's log file, `logs/<stage>.log`; the terminal gets only the lines written with `say`,
+from this process or from any Ray task or actor of the run, whose output Ray forwards to
+this process prefixed with the actor's name (the marker finds the line inside it).
+`progress` lines draw a bar at an interactive terminal and are dropped otherwise.
+docs/console.md shows what a run looks like.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+MARKER = "[sdpose] "
+PROGRESS_MARKER = "[sdpose:progress] "
+LOG_DIR_ENV = "SDPOSE_LOG_DIR"  # where stage logs go (the flow points experiments at the project)
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+BAR_WIDTH = 28
+
+
+def say(text: str) -> None:
+    """A line for the terminal: from a stage's driver, a Ray Train worker or a Tune callback."""
+    _emit(MARKER + text)
+
+
+def progress(name: str, done: int, total: int) -> None:
+    """`done` of `total` units of `name`: a bar at a terminal, nothing elsewhere."""
+    _emit(f"{PROGRESS_MARKER}{name} {int(done)} {int(total)}")
+
+
+def _emit(line: str) -> None:
+    # In a stage's driver, sys.stdout is its router. Elsewhere (a Ray worker) the process's
+    # own stdout: Ray forwards it to the driver once, while Train V2 would also copy a
+    # `print` into its logging, which reaches the driver a second time.
+    stream = sys.stdout if isinstance(sys.stdout, _Router) else (sys.__stdout__ or sys.stdout)
+    stream.write(line + "\n")
+    stream.flush()
+
+
+def interactive(stream: TextIO) -> bool:
+    """Bars help a person at a terminal and only clutter CI logs and log files."""
+    ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    return stream.isatty() and not ci
+
+
+def log_dir(workdir: Path) -> Path:
+    """`$SDPOSE_LOG_DIR` or `<workdir>/logs`."""
+    return Path(os.environ.get(LOG_DIR_ENV) or Path(workdir) / "logs")
+
+
+class Console:
+    """Routes marked lines to the terminal and draws one progress bar below them."""
+
+    def __init__(self, terminal: TextIO, bars: bool) -> None:
+        self.terminal, self.bars = terminal, bars
+        self._bar = ""
+        self._lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            self._clear_bar()
+            self.terminal.write(text + "\n")
+            if self._bar:
+                self.terminal.write(self._bar)
+            self.terminal.flush()
+
+    def handle(self, raw: str) -> None:
+        """One line of the stage's output: shown if marked, a bar if a progress line."""
+        text = _ANSI.sub("", raw)
+        if (at := text.find(PROGRESS_MARKER)) >= 0:
+            if self.bars:
+                self._draw(text[at + len(PROGRESS_MARKER) :])
+        elif (at := text.find(MARKER)) >= 0:
+            self.line(text[at + len(MARKER) :].rstrip())
+
+    def close(self) -> None:
+        with self._lock:
+            self._clear_bar()
+            self._bar = ""
+            self.terminal.flush()
+
+    def _draw(self, fields: str) -> None:
+        try:
+            name, done, total = fields.rsplit(" ", 2)
+            done_n, total_n = int(done), max(int(total), 1)
+        except ValueError:
+            return
+        filled = min(BAR_WIDTH, BAR_WIDTH * done_n // total_n)
+        with self._lock:
+            self._clear_bar()
+            self._bar = f"{name} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done_n}/{total_n}"
+            self.terminal.write(self._bar)
+            self.terminal.flush()
+
+    def _clear_bar(self) -> None:
+        if self._bar:
+            self.terminal.write("\r\x1b[K")
+
+
+class _Router(io.TextIOBase):
+    """sys.stdout / sys.stderr of a stage: everything to the log, marked lines on."""
+
+    def __init__(self, log: TextIO, console: Console) -> None:
+        self._log, self._console = log, console
+        self._pending = ""
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._log.write(text)
+            self._pending += text
+            *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._console.handle(line)
+        return len(text)
+
+    def flush(self) -> None:
+        self._log.flush()
+
+    def isatty(self) -> bool:  # libraries asking whether to draw their own bars: no
+        return False
+
+    def fileno(self) -> int:
+        return self._log.fileno()
+
+
+@contextmanager
+def stage_console(stage: str, workdir: Path) -> Iterator[Console]:
+    """Run a stage with its detail in `logs/<stage>.log` and a readable terminal.
+
+    Prints the start line, and on failure where the detail is; the caller prints the result
+    line with `Console.line`. Appends, so a resumed or retried stage keeps the earlier run.
+    """
+    path = log_dir(workdir) / f"{stage}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(saved[0]), "w", buffering=1, encoding="utf-8", errors="replace")
+    console = Console(terminal, bars=interactive(sys.stdout))
+    log = open(path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
+    log.write(f"\n===== sdpose {stage}: {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n")
+    streams = sys.stdout, sys.stderr
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    sys.stdout = sys.stderr = _Router(log, console)
+    started = time.perf_counter()
+    console.line(f"{stage}: started (detail: {_shown(path)})")
+    try:
+        yield console
+    except BaseException:
+        console.line(f"{stage}: failed after {time.perf_counter() - started:.1f} s; "
+                     f"the detail is in {_shown(path)}")  # fmt: skip
+        raise
+    finally:
+        console.close()
+        sys.stdout, sys.stderr = streams
+        log.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        log.close()
+        terminal.close()
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def result_line(stage: str, summary: dict[str, Any], seconds: float) -> str:
+    """The one line a stage ends with: its headline numbers."""
+    describe = _RESULTS.get(stage)
+    try:
+        what = describe(summary) if describe else ""
+    except (KeyError, TypeError, ValueError):
+        what = ""
+    return f"{stage}: done in {seconds:.1f} s" + (f": {what}" if what else "")
+
+
+def _registry(summary: dict[str, Any]) -> str:
+    registry = summary.get("registry") or {}
+    if "version" not in registry:
+        return f"not registered ({registry.get('reason', 'no reason given')})"
+    role = "champion" if registry.get("champion") else "not champion"
+    return f"registered version {registry['version']} ({role}: {registry.get('reason')})"
+
+
+def _tune(summary: dict[str, Any]) -> str:
+    counts = (f"{summary['trial_count']} trials ({summary['completed']} completed, "
+              f"{summary['stopped']} stopped early, {summary['failed']} failed)")  # fmt: skip
+    best = summary.get("best")
+    if not best:
+        return counts + "; no best trial"
+    return f"{counts}; best {best['id']} {best['config']}: student AP {best['student_ap']:.4f}"
+
+
+def _evaluate(summary: dict[str, Any]) -> str:
+    per_cycle = [
+        f"{key.removesuffix('_ap_per_cycle')} {[round(ap, 4) for ap in value]}"
+        for key, value in summary.items()
+        if key.endswith("_ap_per_cycle")
+    ]
+    line = f"student AP {summary['student_ap']:.4f} (the {summary['best']} model)"
+    return line + (f"; AP per cycle: {', '.join(per_cycle)}" if per_cycle else "")
+
+
+_RESULTS = {
+    "synth": lambda s: (
+        f"{s['train_images']} train / {s['val_images']} val images, "
+        f"{s['train_people']} / {s['val_people']} people"
+    ),
+    "prepare": lambda s: (
+        f"{s['train']} train / {s['val']} val instances "
+        f"({s['train_skipped'] + s['val_skipped']} skipped)"
+    ),
+    "crops": lambda s: f"{s['rows']} crops ({s['crops_per_s']}/s) on Ray {s['ray']['address']}",
+    "train": lambda s: (
+        f"{s['epochs']} epochs, student AP {s['student_ap']:.4f}, teacher AP "
+        f"{s['teacher_ap']:.4f} (best student {s['best_student_ap']:.4f}), "
+        f"{s['samples_per_s']:.1f} samples/s"
+    ),
+    "tune": lambda s: _tune(s),
+    "evaluate": lambda s: _evaluate(s),
+    "export": lambda s: f"{_shown(Path(s['onnx']))}; {_registry(s)}",
+}
