@@ -165,7 +165,7 @@ def sdpose_flow(overrides: dict[str, Any] | None = None, workdir: str = ".") -> 
             print(f"Ray dashboard of this run: {url} (Ray at {address})")
         if overrides:
             # A retry reruns the experiment; DVC's run-cache restores the stages that finished.
-            result = run_experiment_task.with_options(retries=params.train.retries)(
+            result = run_experiment_task.with_options(retries=params.pipeline.retries)(
                 name, set_args, str(root)
             )
             metrics = experiment_json(root, result["commit"], "metrics/eval.json")
@@ -173,7 +173,7 @@ def sdpose_flow(overrides: dict[str, Any] | None = None, workdir: str = ".") -> 
             return [result]
         results = []
         for stage in pipeline_stages(root):
-            retries = params.train.retries if stage in RETRIED_STAGES else 0
+            retries = params.pipeline.retries if stage in RETRIED_STAGES else 0
             results.append(run_stage.with_options(retries=retries)(stage, str(root)))
     _publish_artifacts(_summary_lines(params, root), _workspace_metrics(root))
     return results

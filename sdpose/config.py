@@ -121,7 +121,6 @@ class TrainParams(_Section):
     detach_teacher: StrictBool = False
     use_joint_weights: StrictBool = False  # MMPose's COCO joint weights in the heatmap loss
     amp: StrictBool = True
-    retries: StrictInt = Field(1, ge=0)
     max_failures: StrictInt = Field(2, ge=-1)
     augment: AugmentParams = Field(default_factory=AugmentParams)
 
@@ -167,6 +166,12 @@ class ExportParams(_Section):
     atol: float = Field(1e-4, gt=0)
 
 
+class PipelineParams(_Section):
+    """How the Prefect flow runs the stages; no stage reads these, so DVC tracks none."""
+
+    retries: StrictInt = Field(1, ge=0)  # task retries of train and tune (transient failures)
+
+
 class RayParams(_Section):
     address: str = ""
     num_workers: StrictInt = Field(2, ge=1)
@@ -198,6 +203,7 @@ class Params(_Section):
     export: ExportParams = Field(default_factory=ExportParams)
     ray: RayParams = Field(default_factory=RayParams)
     registry: RegistryParams = Field(default_factory=RegistryParams)
+    pipeline: PipelineParams = Field(default_factory=PipelineParams)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML- and JSON-safe values (paths as strings, tuples as lists)."""

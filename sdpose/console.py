@@ -5,7 +5,8 @@ descriptors 1 and 2, so Ray's, C extensions' and child processes' output too) go
 stage's log file, `logs/<stage>.log`; the terminal gets only the lines written with `say`,
 from this process or from any Ray task or actor of the run, whose output Ray forwards to
 this process prefixed with the actor's name (the marker finds the line inside it).
-`progress` lines draw a bar at an interactive terminal and are dropped otherwise.
+`warn` lines go to the terminal's stderr; `progress` lines draw a bar at an interactive
+terminal and are dropped otherwise.
 docs/console.md shows what a run looks like.
 """
 
@@ -24,6 +25,7 @@ from typing import Any, TextIO
 
 MARKER = "[sdpose] "
 PROGRESS_MARKER = "[sdpose:progress] "
+WARNING_MARKER = "[sdpose:warning] "
 LOG_DIR_ENV = "SDPOSE_LOG_DIR"  # where stage logs go (the flow points experiments at the project)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 BAR_WIDTH = 28
@@ -34,16 +36,26 @@ def say(text: str) -> None:
     _emit(MARKER + text)
 
 
+def warn(text: str) -> None:
+    """A warning a person must see (on the terminal's stderr), e.g. a split losing records."""
+    _emit(WARNING_MARKER + text, error=True)
+
+
 def progress(name: str, done: int, total: int) -> None:
     """`done` of `total` units of `name`: a bar at a terminal, nothing elsewhere."""
     _emit(f"{PROGRESS_MARKER}{name} {int(done)} {int(total)}")
 
 
-def _emit(line: str) -> None:
+def _emit(line: str, error: bool = False) -> None:
     # In a stage's driver, sys.stdout is its router. Elsewhere (a Ray worker) the process's
     # own stdout: Ray forwards it to the driver once, while Train V2 would also copy a
     # `print` into its logging, which reaches the driver a second time.
-    stream = sys.stdout if isinstance(sys.stdout, _Router) else (sys.__stdout__ or sys.stdout)
+    if isinstance(sys.stdout, _Router):
+        stream = sys.stdout
+    elif error:
+        stream = sys.__stderr__ or sys.stderr
+    else:
+        stream = sys.__stdout__ or sys.stdout
     stream.write(line + "\n")
     stream.flush()
 
@@ -62,8 +74,8 @@ def log_dir(workdir: Path) -> Path:
 class Console:
     """Routes marked lines to the terminal and draws one progress bar below them."""
 
-    def __init__(self, terminal: TextIO, bars: bool) -> None:
-        self.terminal, self.bars = terminal, bars
+    def __init__(self, terminal: TextIO, bars: bool, errors: TextIO | None = None) -> None:
+        self.terminal, self.bars, self.errors = terminal, bars, errors or terminal
         self._bar = ""
         self._lock = threading.Lock()
 
@@ -78,11 +90,23 @@ class Console:
     def handle(self, raw: str) -> None:
         """One line of the stage's output: shown if marked, a bar if a progress line."""
         text = _ANSI.sub("", raw)
-        if (at := text.find(PROGRESS_MARKER)) >= 0:
+        if (at := text.find(WARNING_MARKER)) >= 0:
+            self.warning(text[at + len(WARNING_MARKER) :].rstrip())
+        elif (at := text.find(PROGRESS_MARKER)) >= 0:
             if self.bars:
                 self._draw(text[at + len(PROGRESS_MARKER) :])
         elif (at := text.find(MARKER)) >= 0:
             self.line(text[at + len(MARKER) :].rstrip())
+
+    def warning(self, text: str) -> None:
+        with self._lock:
+            self._clear_bar()
+            self.terminal.flush()
+            self.errors.write(f"WARNING: {text}\n")
+            self.errors.flush()
+            if self._bar:
+                self.terminal.write(self._bar)
+                self.terminal.flush()
 
     def close(self) -> None:
         with self._lock:
@@ -150,8 +174,10 @@ def stage_console(stage: str, workdir: Path) -> Iterator[Console]:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    terminal = os.fdopen(os.dup(saved[0]), "w", buffering=1, encoding="utf-8", errors="replace")
-    console = Console(terminal, bars=interactive(sys.stdout))
+    terminal, errors = (
+        os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace") for fd in saved
+    )
+    console = Console(terminal, bars=interactive(sys.stdout), errors=errors)
     log = open(path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
     log.write(f"\n===== sdpose {stage}: {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n")
     streams = sys.stdout, sys.stderr
@@ -176,6 +202,7 @@ def stage_console(stage: str, workdir: Path) -> Iterator[Console]:
             os.close(fd)
         log.close()
         terminal.close()
+        errors.close()
 
 
 def _shown(path: Path) -> str:

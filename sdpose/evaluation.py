@@ -158,11 +158,6 @@ def score_results(
     return stats, ignored
 
 
-def format_summary(metrics: dict[str, float]) -> str:
-    """A two-column text table of the AP/AR figures, for the console."""
-    return "\n".join(f"{key:<5} {metrics[key]:.4f}" for key in SUMMARY_KEYS if key in metrics)
-
-
 def instance_scores(keypoint_scores: np.ndarray, box_scores: np.ndarray, vis_thr: float):
     """MMPose's rescoring: box score x mean of the keypoint scores above `vis_thr`.
 

@@ -29,30 +29,6 @@ def _edge_color(a: int, b: int) -> tuple[int, int, int]:
     return sides.pop() if len(sides) == 1 else MIDDLE
 
 
-def draw_pose(
-    image: np.ndarray,
-    keypoints: np.ndarray,
-    *,
-    score_thr: float = 0.0,
-    occluded: np.ndarray | None = None,
-    box: Sequence[float] | None = None,
-    thickness: int | None = None,
-) -> np.ndarray:
-    """Draw one skeleton on a copy of `image`.
-
-    keypoints: (K, 3) x, y and a visibility flag or score; keypoint k is drawn when its
-    third value > score_thr. occluded: (K,) bool, drawn as rings. box: x, y, w, h.
-    """
-    return draw_poses(
-        image,
-        keypoints[None],
-        score_thr=score_thr,
-        occluded=None if occluded is None else occluded[None],
-        boxes=None if box is None else [box],
-        thickness=thickness,
-    )
-
-
 def draw_poses(
     image: np.ndarray,
     poses: np.ndarray,

@@ -317,7 +317,7 @@ def _crop_block(
 
 
 class _ShardNames(FilenameProvider):
-    """`part-<task>-<file>.parquet`: DESIGN.md's `data/crops/<split>/part-*.parquet`."""
+    """`part-<task>-<file>.parquet`: docs/ARCHITECTURE.md's `data/crops/<split>/part-*.parquet`."""
 
     def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
         return f"part-{task_index:05d}-{{i}}.parquet"  # Ray fills {i} per file of a task

@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from sdpose import console
 from sdpose.config import Params
 from sdpose.data.atomic import remove_abandoned_staging, staged_directory
 from sdpose.data.coco import (
@@ -363,7 +364,7 @@ def _check_survivors(split: str, annotations: Path, image_root: Path, report: di
             f"or images ({reasons}); see data/prepared/report.json (images from {image_root})"
         )
         report["warnings"] = [warning]
-        print(f"sdpose prepare: WARNING: {warning}", file=sys.stderr)
+        console.warn(f"sdpose prepare: {warning}")
 
 
 def _resolve(workdir: Path, path: Path) -> Path:

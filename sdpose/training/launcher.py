@@ -10,7 +10,7 @@ continues by accident. Worker failures are retried from the last checkpoint
 `train.max_failures` times; the checkpoint carries the history, so no epoch is lost or
 recorded twice.
 
-Outputs (DESIGN.md's stage table): models/train/{best.pt, last.pt, config.json},
+Outputs (docs/ARCHITECTURE.md's stage table): models/train/{best.pt, last.pt, config.json},
 metrics/train.json, metrics/train_history.csv, reports/train_curves.png.
 """
 

@@ -18,8 +18,6 @@ from sdpose.config import (
     validate_params,
 )
 
-SPACE_KINDS = ("choice", "uniform", "loguniform", "randint")
-
 # A Ray Data task asks for one whole CPU; a search that leaves less than this free beside
 # its training workers starves the input pipeline and hangs without an error.
 DATA_CPUS = 1.0

@@ -37,7 +37,7 @@ TINY_PIPELINE: dict[str, Any] = {
     "train.batch_size": 8,
     "train.warmup_iters": 0,
     "train.lr_steps": [1],
-    "train.retries": 0,
+    "pipeline.retries": 0,
     "evaluate.flip_test": False,
     "tune.num_samples": 2,
     "tune.max_epochs": 1,
@@ -129,5 +129,5 @@ def copy_project(destination: Path, overrides: dict[str, Any]) -> Path:
 
 
 def missing_outputs(workdir: Path) -> list[str]:
-    """Stage outputs (see DESIGN.md's stage table) that are not in the workdir."""
+    """Stage outputs (docs/ARCHITECTURE.md's stage table) that are not in the workdir."""
     return [name for name in STAGE_OUTPUTS if not (workdir / name).is_file()]

@@ -38,7 +38,7 @@ COCO = REPO.parent / "shared" / "fixtures" / "coco-val2017-sample"
 
 
 def box_center_scale(bbox: list[float]) -> tuple[list[float], list[float]]:
-    """DESIGN.md: box aspect fixed to 192/256, then padded by 1.25 (written out here)."""
+    """docs/ARCHITECTURE.md: box aspect fixed to 192/256, then padded by 1.25 (written out here)."""
     x, y, w, h = bbox
     fit_w, fit_h = (w, w * 256 / 192) if w * 256 > 192 * h else (h * 192 / 256, h)
     return [x + w / 2, y + h / 2], [fit_w * 1.25, fit_h * 1.25]

@@ -107,3 +107,40 @@ def test_plots_show_needs_no_network(reproduced: tuple[Path, str], tmp_path: Pat
     assert len(declared) >= 5 and len(shown) == len(declared), (declared, shown)
     for source in shown:
         assert (tmp_path / source).stat().st_size > 1000, source
+
+
+@pytest.mark.parametrize(
+    "module", ["sdpose/visualize.py", "sdpose/data/feed.py", "sdpose/models/presets.py"]
+)
+def test_touching_a_module_stales_exactly_the_stages_that_import_it(
+    reproduced: tuple[Path, str], module: str
+) -> None:
+    """dvc.yaml's code deps are each stage's imports (tests/unit/test_dvc_deps.py); here DVC
+    itself must see a changed module as changing exactly those stages, and no others."""
+    workdir, _ = reproduced
+    stages = yaml.safe_load((workdir / "dvc.yaml").read_text())["stages"]
+    importing = {name for name, stage in stages.items() if module in stage.get("deps", [])}
+    assert importing, f"no stage depends on {module}"
+    path = workdir / module
+    source = path.read_text()
+    path.write_text(source + "\n# touched by the test\n")
+    try:
+        status = json.loads(run_tool(["dvc", "status", "--json"], workdir).stdout)
+    finally:
+        path.write_text(source)
+    changed_code = {
+        name
+        for name, changes in status.items()
+        for change in changes
+        if module in change.get("changed deps", {})
+    }
+    assert changed_code == importing, status
+    assert UP_TO_DATE in run_tool(["dvc", "status"], workdir).stdout
+
+
+def test_an_orchestration_parameter_stales_no_stage(reproduced: tuple[Path, str]) -> None:
+    """pipeline.* tells the flow how to run the stages (retries); no stage reads it."""
+    workdir, _ = reproduced
+    retries = yaml.safe_load((workdir / "params.yaml").read_text())["pipeline"]["retries"]
+    write_params(workdir, {"pipeline.retries": retries + 1})
+    assert UP_TO_DATE in run_tool(["dvc", "status"], workdir).stdout

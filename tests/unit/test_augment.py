@@ -34,7 +34,8 @@ ANN_ID = 4242
 
 
 def box_center_scale(bbox: list[float]) -> tuple[list[float], list[float]]:
-    """DESIGN.md's box rule, computed here independently: aspect 192/256, padding 1.25."""
+    """The manifest's box rule (docs/ARCHITECTURE.md), computed independently: aspect
+    192/256, padding 1.25."""
     x, y, w, h = bbox
     aspect = 192 / 256
     w, h = (w, w / aspect) if w > aspect * h else (h * aspect, h)

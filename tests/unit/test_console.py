@@ -36,6 +36,7 @@ STAGE = textwrap.dedent(
         console.progress("train iterations", 3, 10)
         print("\\x1b[36m(RayTrainWorker pid=7)\\x1b[0m [sdpose] epoch 1/2  loss 0.01")
         console.say("driver line")
+        console.warn("split train lost 11 of 12 records")
         shown.line("train: done in 1.0 s")
         if os.environ.get("FAIL"):
             raise RuntimeError("boom")
@@ -77,6 +78,7 @@ def test_terminal_gets_only_marked_lines_and_the_log_gets_everything(tmp_path: P
         "driver line",
         "train: done in 1.0 s",
         "after the stage",  # the terminal is back once the stage ends
+        "WARNING: split train lost 11 of 12 records",  # on stderr, printed after stdout here
     ]
     log = (tmp_path / "logs" / "train.log").read_text()
     for detail in ("TrainingReport(", "Progress bars disabled", "raw fd 2 write", "driver line"):

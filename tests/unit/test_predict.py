@@ -52,7 +52,7 @@ def image_files(sample: Path, annotations: dict) -> list[Path]:
 
 
 def crop_window(bbox: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Center and (w, h) of the crop window of a box, by the rule of DESIGN.md."""
+    """Center and (w, h) of the crop window of a box (the manifest rule, docs/ARCHITECTURE.md)."""
     x, y, w, h = bbox
     center = np.array([x + w / 2, y + h / 2])
     if w / h > INPUT_W / INPUT_H:
