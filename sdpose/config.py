@@ -248,6 +248,10 @@ def validate_params(raw: dict[str, Any], source: str = "params") -> Params:
         raise ConfigError(_describe(error, source)) from None
 
 
+# Keys that earlier versions of params.yaml had elsewhere: their error says where they went.
+MOVED_KEYS = {"train.retries": "pipeline.retries"}
+
+
 def _describe(error: ValidationError, source: str) -> str:
     lines = []
     for item in error.errors():
@@ -258,6 +262,8 @@ def _describe(error: ValidationError, source: str) -> str:
             key, message = f"{key}.{field.group(1)}", field.group(2)
         if item["type"] == "extra_forbidden":
             message = "unknown parameter (check the spelling against params.yaml)"
+            if key in MOVED_KEYS:
+                message = f"moved to {MOVED_KEYS[key]}"
         if item["type"] in ("int_type", "bool_type"):  # strict: true is not 1, 1 not true
             message += f", got {item['input']!r}"
         lines.append(f"{key}: {message}")

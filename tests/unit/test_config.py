@@ -77,6 +77,14 @@ def test_unknown_key_and_bad_type_are_both_reported(tmp_path):
     assert "train.lr:" in message
 
 
+def test_a_moved_key_says_where_it_went(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  retries: 2\n")
+    with pytest.raises(ConfigError, match=r"train\.retries: moved to pipeline\.retries"):
+        load_params(path)
+    assert load_params(tmp_path / "none.yaml", {"pipeline.retries": 2}).pipeline.retries == 2
+
+
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(ConfigError, match="sdpose-t") as error:
         load_params(REPO / "params.yaml", ["model.preset=sdpose-xxl"])
