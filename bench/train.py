@@ -1,156 +1,186 @@
-"""Ray Train data parallelism against a plain PyTorch loop on the same two cores.
+"""The real training path against a plain PyTorch loop, on the same cores and samples.
 
-Both sides run the project's own training step (`sdpose.training.loop.train_epoch`: all
-cycles, every loss term, Adam, warmup + step schedule) on the same model, the same global
-batch and the same samples. Ray Train: 2 workers x 1 torch thread, DDP over gloo, the
-samples sharded from a Ray Dataset. Baseline: one process with 2 torch threads iterating
-in-memory tensors. Prints samples/s of each and the ratio Ray / plain (goal: >= 0.9).
+Real path: `sdpose train`'s own code (`sdpose.training.run`): crop shards on disk -> Ray
+Data augmentation tasks -> Ray Train workers (`ray.num_workers` x `ray.cpus_per_worker`),
+validation counted apart (the history's `epoch_time_s` is the training pass alone, from
+the first request to the stream to its last batch; `val_time_s` is the rest).
+Plain loop: one process with as many torch threads as the machine has cores reads the same
+shards with pyarrow and runs the same augmentation UDF (`feed.augment_batch`) in process,
+then the same step (`loop.train_epoch`) with the same model, batch, schedule and epochs.
 
-The samples are synthetic normalised images with Gaussian targets from random keypoints:
-a model step costs the same whatever the pixels, and the augmentation, which the real feed
-runs in Ray Data tasks, is not what this measures. One warmup step on each side first.
+Also printed: the feed alone (Ray Data batches of the real train Dataset with no training,
+all cores to Ray Data) and the step alone (the plain loop on tensors augmented beforehand).
+The last line is `end-to-end ratio (ray/plain): X.XX` for the quick-start configuration
+(params.yaml; sdpose-t: 1 epoch at 256x192, batch 16). Goals (the end-to-end throughput
+issue): ratio >= 0.9 for the quick start and sdpose-t, the feed >= 2x the step.
 
-Usage: python bench/train.py [--presets sdpose-nano sdpose-t] [--steps N]
+Usage: python bench/train.py [--images 400] [--epochs 2] [--presets quick-start sdpose-t]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import os
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 from sdpose.codec import HeatmapCodec
-from sdpose.config import Params, RayParams
-from sdpose.losses import DistillationLoss
-from sdpose.models import build_model, resolve_model_config
-from sdpose.training.loop import Trainee, train_epoch
-from sdpose.training.schedule import WarmupStepSchedule
+from sdpose.config import Params, load_params
+from sdpose.console import stage_console
+from sdpose.training.loop import build_trainee, distillation_loss, train_epoch
 
-WORKERS = 2
-# preset -> (global batch, measured steps): 15-30 s per side on two cores, so that the
-# one-off start of the sharded stream (about a second) weighs little, as in a real epoch
-WORKLOADS = {"sdpose-nano": (32, 48), "sdpose-t": (8, 16)}
-
-
-def synthetic_samples(preset: str, count: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """images (N, 3, Hi, Wi) ~ N(0, 1), Gaussian targets (N, 17, H, W), weights (N, 17), at
-    the preset's own input and heatmap sizes."""
-    rng = np.random.default_rng(seed)
-    codec = HeatmapCodec.for_model(resolve_model_config(preset))
-    in_h, in_w = codec.input_size
-    keypoints = rng.uniform([4, 4], [in_w - 4, in_h - 4], size=(count, 17, 2))
-    target, target_weight = codec.encode(keypoints, np.ones((count, 17)))
-    images = rng.standard_normal((count, 3, in_h, in_w), dtype=np.float32)
-    return {"images": images, "target": target, "target_weight": target_weight}
+REPO = Path(__file__).resolve().parents[1]
+CORES = os.cpu_count() or 2
+# name -> overrides of params.yaml; sdpose-t at the paper's 256x192 with a smaller batch
+CONFIGS: dict[str, dict[str, Any]] = {
+    "quick-start": {},
+    "sdpose-t": {"model.preset": "sdpose-t", "train.batch_size": 16, "train.epochs": 1},
+}
 
 
-def _params(preset: str, batch: int) -> Params:
-    return Params.model_validate(
-        {
-            "model": {"preset": preset},
-            "train": {"batch_size": batch, "warmup_iters": 0},
-            "ray": {"num_workers": WORKERS, "cpus_per_worker": 0.5},
-        }
-    )
+def make_workdir(root: Path, overrides: dict[str, Any], images: int, epochs: int) -> Params:
+    """Synthetic images -> manifests -> crops for the configuration's input size."""
+    from sdpose.data import crops, prepare, synth
+
+    data = {"synth.train_images": images, "synth.val_images": max(8, images // 10)}
+    params = load_params(REPO / "params.yaml", {"train.epochs": epochs, **overrides, **data})
+    for stage in (synth, prepare, crops):
+        stage.run(params, root)
+    return params
 
 
-def _plain_trainee(params: Params) -> Trainee:
-    model = build_model(params.model.preset)
-    optimizer = torch.optim.Adam(model.parameters(), lr=params.train.lr)
-    schedule = WarmupStepSchedule(optimizer, params.train.lr, 0, 1.0, [], 1.0)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    return Trainee(model, optimizer, schedule, scaler, torch.device("cpu"))
+def real_path(params: Params, workdir: Path) -> dict[str, float]:
+    """`sdpose train` as the stage runs it; training samples/s over the training passes."""
+    from sdpose import training
+
+    started = time.perf_counter()
+    summary = training.run(params, workdir)
+    wall = time.perf_counter() - started
+    with open(workdir / "metrics" / "train_history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    samples = sum(float(row["samples"]) for row in rows)
+    train_s = sum(float(row["epoch_time_s"]) for row in rows)
+    return {
+        "samples_per_s": samples / train_s,
+        "train_json_samples_per_s": summary["samples_per_s"],
+        "samples": samples,
+        "train_s": train_s,
+        "val_s": sum(float(row["val_time_s"]) for row in rows),
+        "wall_s": wall,
+    }
 
 
-def _batches(samples: dict[str, np.ndarray], batch: int) -> list[dict[str, torch.Tensor]]:
-    count = len(samples["images"])
-    return [
-        {name: torch.from_numpy(values[start : start + batch]) for name, values in samples.items()}
-        for start in range(0, count, batch)
-    ]
+def shard_rows(workdir: Path):
+    """Every train crop row, as one pyarrow table."""
+    import pyarrow as pa
+
+    from sdpose.data.feed import crop_shards
+
+    return pa.concat_tables([pq.read_table(path) for path in crop_shards(workdir, "train")])
 
 
-def plain_loop(preset: str, samples: dict[str, np.ndarray], batch: int, threads: int) -> float:
-    """Samples/s of a single process with `threads` torch threads."""
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    trainee = _plain_trainee(_params(preset, batch))
-    batches = _batches(samples, batch)
-    train_epoch(trainee, iter(batches[:1]), DistillationLoss(), epoch=0)  # warmup
-    return train_epoch(trainee, iter(batches), DistillationLoss(), epoch=0)["samples_per_s"]
+def plain_batches(rows, params: Params, codec: HeatmapCodec, epoch: int):
+    """The feed's augmentation in this process, batch by batch, rows shuffled per epoch."""
+    from sdpose.data.feed import augment_batch
+
+    order = np.random.default_rng(epoch).permutation(rows.num_rows)
+    batch = params.train.batch_size
+    for start in range(0, len(order), batch):
+        chunk = rows.take(order[start : start + batch])
+        out = augment_batch(chunk, params.train.augment, params.train.seed, epoch, codec)
+        yield {name: torch.from_numpy(out[name]) for name in ("images", "target", "target_weight")}
 
 
-def _ray_worker(config: dict[str, Any]) -> None:
-    """The per-worker loop: the real `build_trainee` (DDP) and `train_epoch` on a shard."""
-    import ray.train
-    import ray.train.torch
-
-    from sdpose.training.loop import build_trainee
-
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    params = Params.model_validate(config["params"])
-    trainee = build_trainee(params, ray.train.torch.get_device())
-    per_worker = params.train.batch_size // WORKERS
-    warmup = _batches(synthetic_samples(params.model.preset, per_worker, seed=1), per_worker)
-    train_epoch(trainee, iter(warmup), DistillationLoss(), epoch=0)
-    shard = ray.train.get_dataset_shard("train")
-    batches = shard.iter_torch_batches(batch_size=per_worker)
-    metrics = train_epoch(trainee, batches, DistillationLoss(), epoch=0)
-    # Train V2 keeps only the metrics that come with a checkpoint, so send an empty one
-    with tempfile.TemporaryDirectory() as folder:
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+def _plain_trainee(params: Params, total_iters: int):
+    torch.manual_seed(params.train.seed)
+    return build_trainee(params, torch.device("cpu"), total_iters, in_ray_train=False)
 
 
-def ray_train(preset: str, samples: dict[str, np.ndarray], batch: int) -> float:
-    """Samples/s of Ray Train with WORKERS workers of one thread each (all of the shard)."""
-    import ray.data
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+def plain_loop(params: Params, workdir: Path) -> dict[str, float]:
+    """Read, augment and train in one process with CORES torch threads, epoch by epoch."""
+    torch.set_num_threads(CORES)
+    rows = shard_rows(workdir)
+    codec = HeatmapCodec.for_params(params)
+    per_epoch = -(-rows.num_rows // params.train.batch_size)
+    trainee = _plain_trainee(params, per_epoch * params.train.epochs)
+    loss = distillation_loss(params)
+    samples, seconds = 0.0, 0.0
+    for epoch in range(params.train.epochs):
+        started = time.perf_counter()
+        metrics = train_epoch(trainee, plain_batches(rows, params, codec, epoch), loss, epoch)
+        seconds += time.perf_counter() - started
+        samples += metrics["samples"]
+    return {"samples_per_s": samples / seconds, "samples": samples, "train_s": seconds}
 
-    params = _params(preset, batch)
-    rows = [
-        {name: values[i] for name, values in samples.items()} for i in range(len(samples["images"]))
-    ]
-    trainer = TorchTrainer(
-        _ray_worker,
-        train_loop_config={"params": params.to_dict()},
-        torch_config=TorchConfig(backend="gloo"),
-        scaling_config=ScalingConfig(num_workers=WORKERS, resources_per_worker={"CPU": 0.5}),
-        run_config=RunConfig(
-            name=f"bench-train-{preset}-{time.time_ns()}", storage_path="/tmp/sdpose-bench-train"
-        ),
-        datasets={"train": ray.data.from_items(rows).materialize()},
-    )
-    return trainer.fit().metrics["samples_per_s"]
+
+def step_alone(params: Params, workdir: Path) -> float:
+    """The plain loop's step on tensors augmented beforehand: samples/s of training alone."""
+    torch.set_num_threads(CORES)
+    rows = shard_rows(workdir)
+    batches = list(plain_batches(rows, params, HeatmapCodec.for_params(params), epoch=0))
+    trainee = _plain_trainee(params, len(batches))
+    loss = distillation_loss(params)
+    train_epoch(trainee, iter(batches[:1]), loss, 0)  # warm-up step
+    return train_epoch(trainee, iter(batches), loss, 0)["samples_per_s"]
+
+
+def feed_alone(params: Params, workdir: Path) -> float:
+    """Samples/s of the real train Dataset, consumed as the workers do, with no training."""
+    from sdpose.data import feed
+    from sdpose.ray_runtime import ray_session
+
+    with ray_session(params.ray):
+        dataset = feed.train_dataset(params, workdir)
+        started, samples = time.perf_counter(), 0
+        for batch in dataset.iter_torch_batches(batch_size=params.train.batch_size):
+            samples += len(batch["images"])
+        return samples / (time.perf_counter() - started)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
-    parser.add_argument("--steps", type=int, help="measured steps per preset (default: WORKLOADS)")
+    parser.add_argument("--images", type=int, default=400, help="synthetic train images")
+    parser.add_argument("--epochs", type=int, default=2, help="(sdpose-t: 1)")
+    parser.add_argument("--presets", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     args = parser.parse_args()
-
-    from sdpose.ray_runtime import ray_session
-
-    print(f"{'preset':<12} {'batch':>5} {'plain 2 thr':>12} {'ray 2x1 thr':>12} {'ratio':>6}")
-    with ray_session(RayParams()):
-        for preset in args.presets:
-            batch, steps = WORKLOADS[preset]
-            steps = args.steps or steps
-            samples = synthetic_samples(preset, batch * steps)
-            plain = plain_loop(preset, samples, batch, threads=WORKERS)
-            distributed = ray_train(preset, samples, batch)
-            ratio = distributed / plain
-            print(
-                f"{preset:<12} {batch:>5} {plain:>12.2f} {distributed:>12.2f} {ratio:>6.2f}"
-                f"  {'ok' if ratio >= 0.9 else 'below goal 0.9'}",
-                flush=True,
-            )
+    header = (f"{'config':<12} {'batch':>5} {'samples':>7} {'real path':>10} {'plain':>8} "
+              f"{'ratio':>6} {'feed':>8} {'step':>8} {'feed/step':>9} "
+              f"{'train.json':>10}")  # fmt: skip
+    results: dict[str, float] = {}
+    lines = []
+    for name in args.presets:
+        with tempfile.TemporaryDirectory(prefix=f"sdpose-bench-train-{name}-") as folder:
+            workdir = Path(folder)
+            # Ray's and the stages' chatter goes to the temporary folder's logs/
+            with stage_console(f"bench-train-{name}", workdir):
+                params = make_workdir(workdir, CONFIGS[name], args.images, args.epochs)
+                real = real_path(params, workdir)
+                plain = plain_loop(params, workdir)
+                feed_rate = feed_alone(params, workdir)
+                step_rate = step_alone(params, workdir)
+        ratio = real["samples_per_s"] / plain["samples_per_s"]
+        results[name] = ratio
+        lines.append(
+            f"{name:<12} {params.train.batch_size:>5} {real['samples']:>7.0f} "
+            f"{real['samples_per_s']:>10.1f} {plain['samples_per_s']:>8.1f} {ratio:>6.2f} "
+            f"{feed_rate:>8.1f} {step_rate:>8.1f} {feed_rate / step_rate:>9.2f} "
+            f"{real['train_json_samples_per_s']:>10.1f}"
+        )
+        print(f"{name}: real path {real['train_s']:.1f} s training + {real['val_s']:.1f} s "
+              f"validation in a {real['wall_s']:.1f} s stage; plain {plain['train_s']:.1f} s",
+              flush=True)  # fmt: skip
+    print(f"samples/s on {CORES} cores, the same crops and epochs each side")
+    print(header)
+    print("\n".join(lines))
+    if "quick-start" in results:
+        print(f"end-to-end ratio (ray/plain): {results['quick-start']:.2f}")
 
 
 if __name__ == "__main__":

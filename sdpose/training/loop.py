@@ -125,12 +125,7 @@ def run_epoch(
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     per_worker_batch = max(1, params.train.batch_size // world_size)
-    loss_fn = DistillationLoss(
-        token_weight=params.train.token_distill_weight,
-        heatmap_distill_weight=params.train.heatmap_distill_weight,
-        detach_teacher=params.train.detach_teacher,
-        use_joint_weights=params.train.use_joint_weights,  # was accepted but never applied
-    )
+    loss_fn = distillation_loss(params)
     train_shard = ray.train.get_dataset_shard("train")
     batches = train_shard.iter_torch_batches(batch_size=per_worker_batch)
     if total_iters:
@@ -143,6 +138,16 @@ def run_epoch(
     own_share = (batch for index, batch in enumerate(val_batches) if index % world_size == rank)
     codec = HeatmapCodec.for_model(unwrap(trainee.model).config, params.train.sigma)
     return row | validate_epoch(trainee, own_share, codec, params, annotations)
+
+
+def distillation_loss(params: Params) -> DistillationLoss:
+    """The loss of every cycle and the token distillation between them, as `train` sets."""
+    return DistillationLoss(
+        token_weight=params.train.token_distill_weight,
+        heatmap_distill_weight=params.train.heatmap_distill_weight,
+        detach_teacher=params.train.detach_teacher,
+        use_joint_weights=params.train.use_joint_weights,
+    )
 
 
 def epoch_line(history: list[dict[str, Any]], epochs: int) -> str:
@@ -182,13 +187,17 @@ def iterations_per_epoch(train_rows: int, params: Params, world_size: int) -> in
     return math.ceil(math.ceil(train_rows / world_size) / per_worker_batch)
 
 
-def build_trainee(params: Params, device: torch.device, total_iters: int = 0) -> Trainee:
+def build_trainee(
+    params: Params, device: torch.device, total_iters: int = 0, in_ray_train: bool = True
+) -> Trainee:
     """Model on the device (DDP when world > 1), Adam, warmup + decay schedule, AMP scaler.
 
     `total_iters` is the run's length in steps, which the cosine schedule decays over.
+    `in_ray_train=False`: the same trainee for a plain single-process loop (bench/train.py).
     """
     model = build_model(params.model.preset, **params.model.overrides())
-    model = ray.train.torch.prepare_model(model)  # after this the parameters live on device
+    # prepare_model: DDP across the workers, parameters on the worker's device
+    model = ray.train.torch.prepare_model(model) if in_ray_train else model.to(device)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=params.train.lr, weight_decay=params.train.weight_decay
     )
