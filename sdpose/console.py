@@ -74,12 +74,25 @@ def log_dir(workdir: Path) -> Path:
 class Console:
     """Routes marked lines to the terminal and draws one progress bar below them."""
 
-    def __init__(self, terminal: TextIO, bars: bool, errors: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        terminal: TextIO,
+        bars: bool,
+        errors: TextIO | None = None,
+        log: TextIO | None = None,
+    ) -> None:
         self.terminal, self.bars, self.errors = terminal, bars, errors or terminal
+        self.log = log  # where `line` also writes (marked lines reach the log on their own)
         self._bar = ""
         self._lock = threading.Lock()
 
     def line(self, text: str) -> None:
+        """A line of the stage's own (start, result): on the terminal and in the log."""
+        if self.log is not None:
+            self.log.write(text + "\n")
+        self._show(text)
+
+    def _show(self, text: str) -> None:
         with self._lock:
             self._clear_bar()
             self.terminal.write(text + "\n")
@@ -96,7 +109,7 @@ class Console:
             if self.bars:
                 self._draw(text[at + len(PROGRESS_MARKER) :])
         elif (at := text.find(MARKER)) >= 0:
-            self.line(text[at + len(MARKER) :].rstrip())
+            self._show(text[at + len(MARKER) :].rstrip())
 
     def warning(self, text: str) -> None:
         with self._lock:
@@ -177,8 +190,8 @@ def stage_console(stage: str, workdir: Path) -> Iterator[Console]:
     terminal, errors = (
         os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace") for fd in saved
     )
-    console = Console(terminal, bars=interactive(sys.stdout), errors=errors)
     log = open(path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
+    console = Console(terminal, bars=interactive(sys.stdout), errors=errors, log=log)
     log.write(f"\n===== sdpose {stage}: {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n")
     streams = sys.stdout, sys.stderr
     os.dup2(log.fileno(), 1)

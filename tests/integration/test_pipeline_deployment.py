@@ -304,15 +304,18 @@ def _assert_one_ray_for_the_run(logs: Path, metrics: dict[str, Any]) -> str:
     assert address and record["pids"], record
     assert metrics["metrics/train.json"]["data"]["ray_address"] == address
     assert metrics["metrics/tune.json"]["data"]["ray_address"] == address
-    assert f"on Ray {address}" in (logs / "crops.log").read_text()  # its result line
+    # stages DVC restored from its run-cache (the other run's synth, prepare, crops) ran
+    # nothing and logged nothing; train and tune differ by seed, so they ran in each run
+    crops_log = logs / "crops.log"
+    assert not crops_log.exists() or f"on Ray {address}" in crops_log.read_text()
     deadline = time.monotonic() + 60
     while (alive := [pid for pid in record["pids"] if psutil.pid_exists(pid)]) and (
         time.monotonic() < deadline
     ):
         time.sleep(1)
     assert not alive, f"the run's Ray processes {alive} outlived it"
-    for stage in ("synth", "prepare", "crops", "train", "tune", "evaluate", "export"):
-        assert (logs / f"{stage}.log").stat().st_size > 0, stage
+    for stage in ("train", "tune", "evaluate", "export"):
+        assert "done in" in (logs / f"{stage}.log").read_text(), stage  # its result line
     return address
 
 
