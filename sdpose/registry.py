@@ -63,13 +63,28 @@ def tracking_uri(params: Params, workdir: Path) -> str:
     return uri
 
 
-def _client(params: Params, workdir: Path):  # -> mlflow.MlflowClient
+def open_client(uri: str):  # -> mlflow.MlflowClient
+    """An MLflow client whose store is ready. A new SQLite store is created and migrated
+    under a file lock: two runs of the pipeline opening the same fresh `mlruns.db` at once
+    (concurrent DVC experiments) would otherwise both migrate it, and one fails with
+    "duplicate column name"."""
+    from filelock import FileLock
     from mlflow import MlflowClient  # heavy import, only when the registry is used
+
+    if not uri.startswith(SQLITE_PREFIX):
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with FileLock(uri[len(SQLITE_PREFIX) :] + ".lock"):
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments(max_results=1)  # creates and migrates the store now
+    return client
+
+
+def _client(params: Params, workdir: Path):  # -> mlflow.MlflowClient
     from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
 
     uri = tracking_uri(params, workdir)
     try:
-        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+        return open_client(uri)
     except UnsupportedModelRegistryStoreURIException:  # a bad parameter, not a failure
         raise ConfigError(
             f"registry.tracking_uri: {params.registry.tracking_uri!r} is not a store MLflow "

@@ -43,9 +43,9 @@ class MlflowTrials(Callback):
         return {**self.__dict__, "_client": None, "_runs": {}}
 
     def setup(self, **info) -> None:
-        from mlflow import MlflowClient
+        from sdpose.registry import open_client
 
-        self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        self._client = open_client(self.tracking_uri)
         found = self._client.get_experiment_by_name(self.experiment)
         self._experiment_id = (
             found.experiment_id
