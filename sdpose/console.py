@@ -277,7 +277,7 @@ _RESULTS = {
         f"{s['teacher_ap']:.4f} (best student {s['best_student_ap']:.4f}), "
         f"{s['samples_per_s']:.1f} samples/s"
     ),
-    "tune": lambda s: _tune(s),
-    "evaluate": lambda s: _evaluate(s),
+    "tune": _tune,
+    "evaluate": _evaluate,
     "export": lambda s: f"{_shown(Path(s['onnx']))}; {_registry(s)}",
 }
