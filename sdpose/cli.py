@@ -216,7 +216,10 @@ def _serve(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from sdpose.predict import predict
 
-    summary = predict(args.images, args.boxes, args.model, args.out, _params(args), Path.cwd())
+    params = _params(args)
+    summary = predict(
+        args.images, args.boxes, args.model, args.out, params, Path.cwd(), args.runtime, args.int8
+    )
     _print_json(summary)
     return 0
 
@@ -235,7 +238,8 @@ def _registry_list(args: argparse.Namespace) -> int:
         flag = "  <- champion" if row["champion"] else ""
         if row.get("not_champion"):  # refused by the min_ap gate: say so, not just no flag
             flag = f"  (not champion: {row['not_champion']})"
-        print(f"v{row['version']:<4} student AP {ap:>7}  {row.get('preset') or '':<16}{flag}")
+        int8 = "+int8" if row.get("int8") == "registered" else ""  # its int8 file passed
+        print(f"v{row['version']:<4} student AP {ap:>7}  {row.get('preset') or '':<16}{int8}{flag}")
     return 0
 
 
@@ -303,6 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--model", help="ONNX path or models:/sdpose-student@champion")
     predict.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
+    predict.add_argument(
+        "--runtime",
+        help="onnxruntime, openvino (extra `openvino`) or auto: the faster one measured at "
+        "export, from the model card (default: export.runtime)",
+    )
+    predict.add_argument(
+        "--int8",
+        action="store_true",
+        help="the model's int8 form (the .int8.onnx file beside it, or the version's)",
+    )
     predict.set_defaults(handler=_predict)
 
     registry = commands.add_parser("registry", help="the MLflow model registry")

@@ -164,6 +164,14 @@ class EvaluateParams(_Section):
 class ExportParams(_Section):
     opset: StrictInt = Field(23, ge=17)
     atol: float = Field(1e-4, gt=0)
+    # Where the exported files run (predict, ONNX scoring): auto = the faster one measured
+    # at export, per file, recorded in the model card.
+    runtime: Literal["auto", "onnxruntime", "openvino"] = "auto"
+    # The int8 file is registered only if its ONNX AP (0-1 scale) is at most this much
+    # below the fp32 file's, and its heatmaps within int8_rtol of PyTorch's peak.
+    int8_max_ap_drop: float = Field(0.005, ge=0, le=1)
+    int8_rtol: float = Field(0.1, gt=0, le=1)
+    calibration_samples: StrictInt = Field(256, ge=1, le=4096)  # training crops, int8 ranges
 
 
 class PipelineParams(_Section):

@@ -128,14 +128,18 @@ def model_cycles(
         )
 
 
-def onnx_student_ap(params: Params, workdir: Path, onnx_path: Path) -> float:
-    """AP of an exported student on the current val set (the registry's re-measurement).
+def onnx_student_ap(
+    params: Params, workdir: Path, onnx_path: Path, runtime: str | None = None
+) -> float:
+    """AP of an exported student on the current val set (the export's scoring of its fp32
+    and int8 files, the registry's re-measurement of a champion).
 
-    The codec comes from the file's own input and output shapes.
+    `runtime`: onnxruntime, openvino or auto (the one the file's model card names), by
+    default `export.runtime`. The codec comes from the file's own input and output shapes.
     """
     from sdpose.predict import onnx_runner
 
-    runner, codec = onnx_runner(onnx_path)
+    runner, codec = onnx_runner(onnx_path, runtime or params.export.runtime)
     stats, _ = evaluate_cycles(runner, 1, codec, params, workdir, val_set(params, workdir))
     return stats[0]["AP"]
 

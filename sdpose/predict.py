@@ -169,41 +169,53 @@ def predict_people(
 
 
 # ------------------------------------------------------------------------ ONNX model
-def onnx_runner(path: Path, threads: int = 0) -> tuple[HeatmapRunner, HeatmapCodec]:
-    """An onnxruntime session as a runner, and the codec of its input and output sizes."""
-    from sdpose.onnx_session import cpu_session
+def onnx_runner(
+    path: Path, runtime: str = "auto", threads: int = 0
+) -> tuple[HeatmapRunner, HeatmapCodec]:
+    """The ONNX file on `runtime` as a runner, and the codec of its input and output sizes.
+
+    `runtime` "auto": the one its model card names (the faster measured at export), else
+    onnxruntime; a runtime that is not installed is an error naming the extra to install.
+    """
+    from sdpose.onnx_session import RuntimeUnavailableError, open_session, resolve_runtime
 
     path = Path(path)
     if not path.is_file():
         raise PredictError(f"{path}: ONNX model not found; run `sdpose export` or pass --model")
+    chosen = resolve_runtime(runtime, path)
     try:
-        session = cpu_session(path, threads)
-    except Exception as error:  # onnxruntime raises its own exception types
-        raise PredictError(f"{path}: not a loadable ONNX model ({error})") from error
-    (model_input,), (model_output,) = session.get_inputs(), session.get_outputs()
-    in_shape, out_shape = model_input.shape, model_output.shape
+        session = open_session(path, chosen, threads)
+    except RuntimeUnavailableError:
+        raise
+    except Exception as error:  # each runtime raises its own exception types
+        raise PredictError(f"{path}: not a loadable ONNX model on {chosen} ({error})") from error
+    in_shape, out_shape = session.input_shape, session.output_shape
     if len(in_shape) != 4 or in_shape[1] != 3 or len(out_shape) != 4:
         raise PredictError(
             f"{path}: expected input N x 3 x H x W and output N x K x h x w heatmaps, got "
-            f"{model_input.name} {in_shape} -> {model_output.name} {out_shape}"
+            f"{list(in_shape)} -> {list(out_shape)}"
         )
     codec = HeatmapCodec(input_size=tuple(in_shape[2:]), heatmap_size=tuple(out_shape[2:]))
-
-    def run(crops: np.ndarray) -> np.ndarray:  # torch tensors on the CPU work too
-        return session.run([model_output.name], {model_input.name: np.ascontiguousarray(crops)})[0]
-
-    return run, codec
+    return session.run, codec  # torch tensors on the CPU work too
 
 
-def resolve_model(model: str | Path | None, params: Params, workdir: Path) -> Path:
-    """A local ONNX file from a path, a `models:/...` registry URI, or the default export."""
-    if model is None:
-        return Path(workdir) / DEFAULT_MODEL
+def resolve_model(
+    model: str | Path | None, params: Params, workdir: Path, int8: bool = False
+) -> Path:
+    """A local ONNX file from a path, a `models:/...` registry URI, or the default export;
+    `int8`: that model's int8 form (the file beside it, or the version's int8 artifact)."""
+    from sdpose.quantize import int8_path
+
     if str(model).startswith("models:/"):
         from sdpose.registry import load_onnx
 
-        return load_onnx(params, workdir, str(model))
-    return Path(model)
+        return load_onnx(params, workdir, str(model), form="int8" if int8 else "fp32")
+    path = Path(workdir) / DEFAULT_MODEL if model is None else Path(model)
+    if int8:
+        path = int8_path(path)
+        if not path.is_file():
+            raise PredictError(f"{path}: no int8 form beside the model; run `sdpose export`")
+    return path
 
 
 # ------------------------------------------------------------------------ the command
@@ -214,18 +226,25 @@ def predict(
     out_dir: Path,
     params: Params,
     workdir: Path | None = None,
+    runtime: str | None = None,
+    int8: bool = False,
 ) -> dict[str, Any]:
     """Predict every person in `images`; write COCO results json and one overlay PNG each.
 
     `boxes`: a COCO detection-results json (image ids from COCO file names), or None for
-    the whole image as one box. Returns {results, overlays, images, instances, model}.
+    the whole image as one box. `runtime`: onnxruntime, openvino or auto (default
+    `export.runtime`); `int8`: the model's int8 form. Returns {results, overlays, images,
+    instances, model, runtime}.
     """
+    from sdpose.onnx_session import resolve_runtime
+
     workdir = Path.cwd() if workdir is None else Path(workdir)
     check_out_dir(out_dir)  # before the model loads: a bad --out should not cost a minute
-    model_path = resolve_model(model, params, workdir)
-    runner, codec = onnx_runner(model_path)
+    model_path = resolve_model(model, params, workdir, int8)
+    chosen = resolve_runtime(runtime or params.export.runtime, model_path)
+    runner, codec = onnx_runner(model_path, chosen)
     summary = predict_with_runner(images, boxes, runner, codec, out_dir, params)
-    return {**summary, "model": str(model_path)}
+    return {**summary, "model": str(model_path), "runtime": chosen}
 
 
 def predict_with_runner(

@@ -8,6 +8,14 @@ The tracking store defaults to a SQLite file and the artifacts to a folder, both
 workdir (or the project folder a DVC experiment's run names, `registry_root`), so a project
 folder carries its own registry and nothing is set globally (no `mlflow.set_tracking_uri`):
 every call builds its own client.
+
+The int8 form travels with its fp32 student: it is an artifact of the same run, beside the
+fp32 file in the version's `model/` folder (`load_onnx(..., form="int8")`), logged only when
+it passes the int8 gate (`int8_refusal`: its AP within `export.int8_max_ap_drop` of the fp32
+file's, its heatmaps within `export.int8_rtol` of PyTorch's). Either way the version's
+`int8` tag says what happened and why. One version per trained student, not a second
+registered model: the champion alias then picks fp32 and int8 together, and a deployment
+never pairs an int8 file with another student's card.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import json
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +33,8 @@ from sdpose.config import ConfigError, Params
 CHAMPION = "champion"
 ARTIFACT_DIR = "model"  # run artifact folder holding the ONNX file and the model card
 ONNX_NAME = "sdpose-student.onnx"
+INT8_NAME = "sdpose-student.int8.onnx"  # sdpose.quantize.INT8_NAME
+INT8_TAG = "int8"  # on every version: "registered" or why the int8 form is absent
 CARD_NAME = "model_card.json"
 SQLITE_PREFIX = "sqlite:///"
 NOT_CHAMPION_TAG = "not_champion"  # on a version refused by the min_ap gate: why
@@ -34,6 +45,54 @@ REGISTRY_ROOT_ENV = "SDPOSE_REGISTRY_ROOT"
 
 class RegistryError(RuntimeError):
     """The registry cannot answer (unknown model or alias, missing artifact)."""
+
+
+@dataclass(frozen=True)
+class Int8Candidate:
+    """The int8 file of an export and what the gate reads: both ONNX APs on the same val
+    set, and the worst heatmap gap to PyTorch over the runtimes (a share of the peak)."""
+
+    path: Path
+    ap: float
+    fp32_ap: float
+    heatmap_gap: float
+
+
+def int8_refusal(params: Params, fp32_ap: float, int8_ap: float, heatmap_gap: float) -> str | None:
+    """Why an int8 file may not be registered, saying by how much it missed; None if it may.
+
+    At exactly the limits it passes.
+    """
+    reasons = []
+    drop, limit = fp32_ap - int8_ap, params.export.int8_max_ap_drop
+    if drop > limit:
+        reasons.append(
+            f"int8 AP {int8_ap:.4f} is {drop:.4f} below fp32 {fp32_ap:.4f}, "
+            f"{drop - limit:.4f} more than export.int8_max_ap_drop {limit:g}"
+        )
+    rtol = params.export.int8_rtol
+    if heatmap_gap > rtol:
+        reasons.append(
+            f"int8 heatmaps differ from PyTorch's by {heatmap_gap:.3g} of their peak, "
+            f"{heatmap_gap - rtol:.3g} more than export.int8_rtol {rtol:g}"
+        )
+    return "; ".join(reasons) or None
+
+
+def _int8_outcome(params: Params, int8: Int8Candidate | None) -> dict[str, Any]:
+    """{registered, reason} of an export's int8 file."""
+    if int8 is None:
+        return {"registered": False, "reason": "no int8 form was built"}
+    refusal = int8_refusal(params, int8.fp32_ap, int8.ap, int8.heatmap_gap)
+    if refusal:
+        return {"registered": False, "reason": f"not registered: {refusal}"}
+    return {
+        "registered": True,
+        "reason": (
+            f"registered (AP {int8.ap:.4f}, {int8.fp32_ap - int8.ap:.4f} below fp32 "
+            f"{int8.fp32_ap:.4f}; export.int8_max_ap_drop {params.export.int8_max_ap_drop:g})"
+        ),
+    }
 
 
 def registry_root(workdir: Path) -> Path:
@@ -128,24 +187,32 @@ def register_student(
     metrics: dict[str, float],
     val_set: str,
     score_on_current_val: Callable[[Path], float] | None = None,
+    int8: Int8Candidate | None = None,
 ) -> dict[str, Any]:
     """Log a run with the ONNX file, card and metrics; register it; move the alias if better.
+
+    `int8`: the export's int8 file, logged beside the fp32 one if it passes `int8_refusal`.
 
     `metrics["student_ap"]` is the comparison key and `val_set` a fingerprint of the data it
     was measured on. When the champion was measured on another val set, its AP means
     nothing here: `score_on_current_val(champion_onnx)` re-measures it if given, otherwise
     the champion stays (a version is never promoted on an incomparable number). Below
     `registry.min_ap` a version is registered and tagged `not_champion`, never promoted.
-    Returns {version, student_ap, champion (bool), previous_champion, reason}.
+    Returns {version, student_ap, champion (bool), previous_champion, reason, int8}.
     """
     if "student_ap" not in metrics or not math.isfinite(metrics["student_ap"]):
         raise ValueError(f"metrics must hold a finite student_ap to register; got {metrics}")
     client = _client(params, workdir)
     name = params.registry.model_name
-    run_id = _log_run(client, params, workdir, onnx_path, card, metrics, val_set)
+    int8_outcome = _int8_outcome(params, int8)
+    files = [onnx_path] + ([int8.path] if int8 and int8_outcome["registered"] else [])
+    run_id = _log_run(client, params, workdir, files, card, metrics, val_set)
     _ensure_registered_model(client, name)
     artifact_uri = client.get_run(run_id).info.artifact_uri
     tags = {"student_ap": repr(float(metrics["student_ap"])), "val_set": val_set}
+    tags[INT8_TAG] = "registered" if int8_outcome["registered"] else int8_outcome["reason"]
+    if int8 is not None:
+        tags["int8_ap"] = repr(float(int8.ap))
     tags |= {key: str(card[key]) for key in ("preset", "cycles", "params", "gflops") if key in card}
     if (gate := _below_min_ap(params, metrics["student_ap"])) is not None:
         tags[NOT_CHAMPION_TAG] = gate  # so `sdpose registry list` can say why it is not champion
@@ -167,6 +234,7 @@ def register_student(
         "previous_champion": int(champion.version) if champion else None,
         "previous_champion_ap": champion_ap,
         "reason": reason,
+        "int8": int8_outcome,
     }
 
 
@@ -208,7 +276,7 @@ def _below_min_ap(params: Params, student_ap: float) -> str | None:
     return f"below registry.min_ap {min_ap:g}" if student_ap < min_ap else None
 
 
-def _log_run(client, params, workdir, onnx_path, card, metrics, val_set) -> str:
+def _log_run(client, params, workdir, files, card, metrics, val_set) -> str:
     run = client.create_run(
         _experiment_id(client, params, workdir),
         run_name=f"export-{card.get('preset', 'student')}",
@@ -220,7 +288,8 @@ def _log_run(client, params, workdir, onnx_path, card, metrics, val_set) -> str:
             client.log_metric(run_id, key, float(value))
     for key, value in (card.get("training_params") or {}).items():
         client.log_param(run_id, key, json.dumps(value) if isinstance(value, dict) else value)
-    client.log_artifact(run_id, str(onnx_path), ARTIFACT_DIR)
+    for path in files:
+        client.log_artifact(run_id, str(path), ARTIFACT_DIR)
     client.log_dict(run_id, card, f"{ARTIFACT_DIR}/{CARD_NAME}")
     client.set_terminated(run_id)
     return run_id
@@ -256,6 +325,8 @@ def list_versions(params: Params, workdir: Path) -> list[dict[str, Any]]:
             "gflops": _float_tag(version, "gflops"),
             "val_set": (version.tags or {}).get("val_set"),
             "not_champion": (version.tags or {}).get(NOT_CHAMPION_TAG),
+            "int8": (version.tags or {}).get(INT8_TAG),
+            "int8_ap": _float_tag(version, "int8_ap"),
             "run_id": version.run_id,
             "created": version.creation_timestamp,
             "source": version.source,
@@ -265,12 +336,15 @@ def list_versions(params: Params, workdir: Path) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: -row["version"])
 
 
-def load_onnx(params: Params, workdir: Path, version_or_uri: str | int) -> Path:
-    """The local ONNX file of a version: `models:/NAME@ALIAS`, `models:/NAME/3` or `3`.
+def load_onnx(params: Params, workdir: Path, version_or_uri: str | int, form: str = "fp32") -> Path:
+    """The local ONNX file of a version: `models:/NAME@ALIAS`, `models:/NAME/3` or `3`;
+    `form` "int8": its int8 file (a RegistryError saying why when it has none).
 
     A local (file:) artifact store is read in place; a remote one is downloaded next to the
     tracking store.
     """
+    if form not in ("fp32", "int8"):
+        raise ValueError(f"form {form!r}: expected fp32 or int8")
     client = _client(params, workdir)
     version = _resolve_version(client, params.registry.model_name, version_or_uri)
     source = client.get_model_version_download_uri(version.name, version.version)
@@ -290,9 +364,14 @@ def load_onnx(params: Params, workdir: Path, version_or_uri: str | int) -> Path:
                 tracking_uri=tracking_uri(params, workdir),
             )
         )
-    path = folder / ONNX_NAME
+    file_name = INT8_NAME if form == "int8" else ONNX_NAME
+    path = folder / file_name
     if not path.is_file():
-        raise RegistryError(f"{version.name} v{version.version}: no {ONNX_NAME} in {folder}")
+        why = (version.tags or {}).get(INT8_TAG) if form == "int8" else None
+        because = f" (int8: {why})" if why else ""
+        raise RegistryError(
+            f"{version.name} v{version.version}: no {file_name} in {folder}{because}"
+        )
     return path
 
 
