@@ -244,3 +244,47 @@ def test_export_stage_registers_and_a_regression_never_takes_the_champion(tmp_pa
     assert not summary["registry"]["champion"] and summary["registry"]["version"] == 3
     rows = registry.list_versions(Params(), tmp_path)
     assert [row["version"] for row in rows if row["champion"]] == [2]
+
+
+@pytest.fixture(scope="module")
+def int8_student(students, tmp_path_factory) -> Path:
+    """A real int8 (QDQ) form of the first student, calibrated on random inputs."""
+    from sdpose.quantize import INT8_NAME, quantize_student
+
+    config = resolve_model_config("sdpose-nano")
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((8, 3, *config.input_size), dtype=np.float32)]
+    path = tmp_path_factory.mktemp("int8") / INT8_NAME
+    quantize_student(students[0], path, batches)
+    return path
+
+
+def test_the_int8_file_is_registered_with_its_version_only_within_the_ap_drop(
+    students, int8_student, tmp_path
+):
+    # 0.4000 against fp32 0.4200: 0.02 down, over the default 0.005 and within 0.05.
+    candidate = registry.Int8Candidate(int8_student, ap=0.40, fp32_ap=0.42, heatmap_gap=0.03)
+    refused = register(tmp_path, students[0], 0.42, int8=candidate)
+    assert not refused["int8"]["registered"]
+    assert refused["int8"]["reason"] == (
+        "not registered: int8 AP 0.4000 is 0.0200 below fp32 0.4200, 0.0150 more than "
+        "export.int8_max_ap_drop 0.005"
+    )
+    with pytest.raises(registry.RegistryError, match=r"int8: not registered: int8 AP 0\.4000"):
+        registry.load_onnx(Params(), tmp_path, refused["version"], form="int8")
+    assert digest(registry.load_onnx(Params(), tmp_path, refused["version"])) == digest(
+        students[0]
+    )  # the fp32 student is registered all the same
+
+    loose = Params.model_validate({"export": {"int8_max_ap_drop": 0.05}})
+    passed = register(tmp_path, students[0], 0.42, params=loose, int8=candidate)
+    assert passed["int8"]["registered"] and passed["version"] == refused["version"] + 1
+    uri = f"models:/sdpose-student/{passed['version']}"
+    fetched = registry.load_onnx(loose, tmp_path, uri, form="int8")
+    assert digest(fetched) == digest(int8_student) and fetched.parent.name == "model"
+    rows = {row["version"]: row for row in registry.list_versions(loose, tmp_path)}
+    assert rows[passed["version"]]["int8"] == "registered"
+    assert rows[passed["version"]]["int8_ap"] == 0.40
+    assert rows[refused["version"]]["int8"].startswith("not registered: int8 AP 0.4000")
+    without = register(tmp_path, students[1], 0.30)  # an export that built no int8 form
+    assert without["int8"] == {"registered": False, "reason": "no int8 form was built"}
