@@ -5,7 +5,13 @@ the heatmaps alone, so the file holds one pass of the shared layers whatever the
 cycles were. From opset 23 on, attention is the standard ONNX `Attention` op (one fused
 kernel in onnxruntime >= 1.23); older opsets get MatMul and Softmax, for older runtimes.
 An export that does not reproduce PyTorch (onnx.checker, then max abs difference <=
-`export.atol` on real inference) fails here rather than in a deployment.
+`export.atol` on real inference, on every installed runtime) fails here rather than in a
+deployment.
+
+Beside the fp32 file the stage writes its int8 form (`sdpose.quantize`, calibrated on
+training crops), times both on every installed runtime, scores both on the val set with
+`evaluate.onnx_student_ap`, and records all of it in the model card's `deploy` section
+(`sdpose.deploy`); the registry keeps the int8 file only if it passes the int8 gate.
 
 Contract of the file: input `images` (N, 3, H, W) float32 at the model's input size (256x192
 for the paper presets, 128x96 for the nano ones), RGB normalised with the ImageNet mean and

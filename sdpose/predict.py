@@ -207,9 +207,12 @@ def resolve_model(
     from sdpose.quantize import int8_path
 
     if str(model).startswith("models:/"):
-        from sdpose.registry import load_onnx
+        from sdpose.registry import RegistryError, load_onnx
 
-        return load_onnx(params, workdir, str(model), form="int8" if int8 else "fp32")
+        try:
+            return load_onnx(params, workdir, str(model), form="int8" if int8 else "fp32")
+        except RegistryError as error:  # a version or form that is not there: bad input
+            raise PredictError(str(error)) from None
     path = Path(workdir) / DEFAULT_MODEL if model is None else Path(model)
     if int8:
         path = int8_path(path)

@@ -174,3 +174,20 @@ def test_int8_gate_says_by_how_much_a_file_missed():
     )
     loose = Params.model_validate({"export": {"int8_max_ap_drop": 0.05}})
     assert int8_refusal(loose, 0.420, 0.400, 0.03) is None
+
+
+def test_int8_flag_takes_the_file_beside_the_model_or_says_it_is_missing(student, tmp_path):
+    from sdpose.predict import PredictError, resolve_model
+
+    _, path, _ = student
+    copy = tmp_path / path.name
+    copy.write_bytes(path.read_bytes())
+    with pytest.raises(PredictError, match=r"sdpose-student\.int8\.onnx: no int8 form beside"):
+        resolve_model(copy, Params(), tmp_path, int8=True)
+    (tmp_path / "sdpose-student.int8.onnx").write_bytes(path.read_bytes())
+    assert (
+        resolve_model(copy, Params(), tmp_path, int8=True) == tmp_path / "sdpose-student.int8.onnx"
+    )
+    assert resolve_model(copy, Params(), tmp_path) == copy
+    with pytest.raises(PredictError, match="models:/sdpose-student@nobody"):
+        resolve_model("models:/sdpose-student@nobody", Params(), tmp_path)
