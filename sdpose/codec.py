@@ -22,15 +22,17 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 import cv2
 import numpy as np
-import torch
 
 from sdpose.data.keypoints import FLIP_INDEX
 
 if TYPE_CHECKING:
+    import torch
+
     from sdpose.config import Params
     from sdpose.models.presets import ModelConfig
 
-ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+# torch is imported where it is used: Ray Data processes import this module for encode()
+ArrayT = TypeVar("ArrayT", np.ndarray, "torch.Tensor")
 DecodeMethod = Literal["dark", "argmax"]
 _NEGLIGIBLE = 1e-15
 
@@ -201,6 +203,8 @@ class HeatmapCodec:
         the heatmap maximum; a map whose maximum is <= 0 decodes to heatmap pixel (-1, -1),
         as mmpose. Returns numpy for numpy input, tensors on the input's device otherwise.
         """
+        import torch
+
         if method not in ("dark", "argmax"):
             raise ValueError(f"decode: method must be 'dark' or 'argmax', got {method!r}")
         is_numpy = isinstance(heatmaps, np.ndarray)
@@ -223,6 +227,8 @@ class HeatmapCodec:
 
     def _dark_refine(self, maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """mmpose 0.x `_gaussian_blur` + log + `_taylor`, for all N x K maps at once."""
+        import torch
+
         _, _, height, width = maps.shape
         log_maps = self._modulate(maps).clamp_min_(1e-10).log_()
         px, py = coords[..., 0].long(), coords[..., 1].long()
@@ -247,6 +253,8 @@ class HeatmapCodec:
 
     def _modulate(self, maps: torch.Tensor) -> torch.Tensor:
         """Gaussian blur with zero padding, rescaled to each map's original maximum."""
+        import torch
+
         _, _, height, width = maps.shape
         # A zero-padded separable blur is rows @ map @ cols with banded matrices: on CPU
         # two small matmuls beat a one-channel conv2d by ~10x.
@@ -276,6 +284,8 @@ class HeatmapCodec:
         if isinstance(heatmaps, np.ndarray):
             flipped = np.ascontiguousarray(heatmaps[:, FLIP_INDEX, :, ::-1])
             return np.concatenate([flipped[..., :1], flipped[..., :-1]], -1) if shift else flipped
+        import torch
+
         index = torch.as_tensor(FLIP_INDEX, device=heatmaps.device)
         flipped = heatmaps.index_select(1, index).flip(-1)
         return torch.cat([flipped[..., :1], flipped[..., :-1]], -1) if shift else flipped
@@ -308,9 +318,11 @@ def invert_affine(matrix: np.ndarray) -> np.ndarray:
 
 def _like(value: np.ndarray | torch.Tensor, reference: ArrayT) -> ArrayT:
     """`value` as the array type (and torch device/dtype) of `reference`."""
-    if isinstance(reference, torch.Tensor):
-        return torch.as_tensor(value, dtype=reference.dtype, device=reference.device)
-    return np.asarray(value, dtype=np.float64)  # image coordinates need the precision
+    if isinstance(reference, np.ndarray):
+        return np.asarray(value, dtype=np.float64)  # image coordinates need the precision
+    import torch
+
+    return torch.as_tensor(value, dtype=reference.dtype, device=reference.device)
 
 
 @functools.lru_cache(maxsize=16)
@@ -320,6 +332,8 @@ def _blur_matrix(kernel_size: int, size: int) -> torch.Tensor:
     The kernel is cv2's own for sigma=0, so the blur equals mmpose's cv2.GaussianBlur(k, 0)
     on a zero-padded map.
     """
+    import torch
+
     kernel = torch.from_numpy(cv2.getGaussianKernel(kernel_size, 0).ravel()).float()
     radius = kernel_size // 2
     position = torch.arange(size)
@@ -330,6 +344,8 @@ def _blur_matrix(kernel_size: int, size: int) -> torch.Tensor:
 
 def _argmax(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """mmpose 0.x `_get_max_preds`: integer (x, y) of the maximum, -1 where it is <= 0."""
+    import torch
+
     width = maps.shape[-1]
     scores, index = maps.flatten(2).max(dim=2)
     coords = torch.stack([index % width, torch.div(index, width, rounding_mode="floor")], -1)
@@ -339,6 +355,8 @@ def _argmax(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _quarter_shift(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     """Move each argmax a quarter pixel toward its higher neighbour, per axis."""
+    import torch
+
     _, _, height, width = maps.shape
     px, py = coords[..., 0].long(), coords[..., 1].long()
     valid = (px > 1) & (px < width - 1) & (py > 1) & (py < height - 1)

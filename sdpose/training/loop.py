@@ -244,13 +244,18 @@ def train_epoch(
     loss_fn: DistillationLoss,
     epoch: int,
 ) -> dict[str, float]:
-    """One pass over this worker's shard; loss terms averaged over every worker's samples."""
+    """One pass over this worker's shard; loss terms averaged over every worker's samples.
+
+    `data_wait_s` is the time spent waiting for the next batch (the feed starving the step),
+    the slowest worker's; near 0 means the feed keeps up.
+    """
     trainee.model.train()
     trainee.schedule.start_epoch(epoch)
     sums: dict[str, float] = defaultdict(float)
     samples, lr = 0, trainee.schedule.current_lr
     started = time.perf_counter()
-    for batch in batches:
+    waited = _Waited(batches)
+    for batch in waited:
         lr = trainee.schedule.before_iteration()
         images = batch["images"].to(trainee.device, non_blocking=True)
         target = batch["target"].to(trainee.device, non_blocking=True)
@@ -266,19 +271,37 @@ def train_epoch(
         for name, value in terms.items():
             sums[name] += float(value.detach()) * count
     elapsed = time.perf_counter() - started
-    return _global_means(dict(sums), samples, elapsed, lr)
+    return _global_means(dict(sums), samples, elapsed, lr, waited.seconds)
+
+
+class _Waited:
+    """An iterator of batches that adds up the time spent waiting for each one."""
+
+    def __init__(self, batches: Iterator[dict[str, torch.Tensor]]) -> None:
+        self._batches = iter(batches)
+        self.seconds = 0.0
+
+    def __iter__(self) -> _Waited:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        started = time.perf_counter()
+        try:
+            return next(self._batches)
+        finally:
+            self.seconds += time.perf_counter() - started
 
 
 def _global_means(
-    sums: dict[str, float], samples: int, elapsed: float, lr: float
+    sums: dict[str, float], samples: int, elapsed: float, lr: float, waited: float = 0.0
 ) -> dict[str, float]:
     """Sample-weighted means over all workers; samples/s over the slowest worker's time."""
-    shares = _all_gather((sums, samples, elapsed))
-    total = sum(count for _, count, _ in shares)
-    slowest = max(seconds for _, _, seconds in shares)
-    names = sorted({name for share, _, _ in shares for name in share})
+    shares = _all_gather((sums, samples, elapsed, waited))
+    total = sum(share[1] for share in shares)
+    slowest = max(share[2] for share in shares)
+    names = sorted({name for share in shares for name in share[0]})
     means = {
-        name: sum(share.get(name, 0.0) for share, _, _ in shares) / max(total, 1) for name in names
+        name: sum(share[0].get(name, 0.0) for share in shares) / max(total, 1) for name in names
     }
     return {
         **means,
@@ -286,6 +309,7 @@ def _global_means(
         "samples": total,
         "samples_per_s": total / max(slowest, 1e-9),
         "epoch_time_s": slowest,
+        "data_wait_s": max(share[3] for share in shares),
     }
 
 

@@ -184,8 +184,16 @@ def test_detector_boxes_and_summary(coco_crops):
     assert not list((coco_crops / "data").glob(".crops.tmp-*"))
 
 
+@pytest.fixture(params=["cached", "streamed"])
+def train_rows_kept(request, monkeypatch) -> str:
+    """The train feed both ways: crops read once into the object store, or from the files."""
+    if request.param == "streamed":
+        monkeypatch.setattr(feed, "CACHE_BYTES", 0)
+    return request.param
+
+
 @pytest.mark.timeout(300)
-def test_feed_batches_and_epoch_reseeding(coco_crops):
+def test_feed_batches_and_epoch_reseeding(coco_crops, train_rows_kept):
     params = Params()
     config = params.model.resolve()  # the default nano: 128x96 -> 32x24
     val = feed.val_dataset(params, coco_crops).take_batch(12)
@@ -236,12 +244,12 @@ def test_small_validation_split_is_computed_once(coco_crops, monkeypatch):
     assert sorted(row["ann_id"] for row in cached.take_all()) == sorted(
         row["ann_id"] for row in expected
     )
-    monkeypatch.setattr(feed, "CACHED_VAL_BYTES", sample_bytes * (len(expected) - 1))
+    monkeypatch.setattr(feed, "CACHE_BYTES", sample_bytes * (len(expected) - 1))
     assert not isinstance(feed.validation_feed(params, coco_crops), MaterializedDataset)
 
 
 @pytest.mark.timeout(300)
-def test_feed_through_streaming_split_follows_epochs(coco_crops):
+def test_feed_through_streaming_split_follows_epochs(coco_crops, train_rows_kept):
     """As Ray Train's get_dataset_shard: one dataset, split in two, iterated per epoch."""
     import ray
 
