@@ -48,6 +48,10 @@ def test_train_writes_every_output_and_resume_keeps_them(train_workdir, tiny_par
         assert row["kpt_dist_loss"] > 0 and row["vis_dist_loss"] > 0  # two cycles distil
         assert 0.0 <= row["student_ap"] <= 1.0 and 0.0 <= row["teacher_ap"] <= 1.0
         assert row["samples_per_s"] > 0
+        assert 0 <= row["data_wait_s"] <= row["epoch_time_s"]
+    # train.json's speed is over the training passes, as bench/train.py measures it
+    samples, seconds = (sum(row[name] for row in history) for name in ("samples", "epoch_time_s"))
+    assert summary["samples_per_s"] == pytest.approx(samples / seconds, rel=1e-6)
     # no warmup, lr_steps [1], factor 0.1
     assert [row["lr"] for row in history] == pytest.approx([1e-3, 1e-4])
     # optimiser steps so far: each epoch adds the same number, the workers' batches
