@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from sdpose.codec import HeatmapCodec
+from sdpose.core.codec import HeatmapCodec
 
 BATCH, JOINTS, SIGMA = 64, 17, 2.0
 

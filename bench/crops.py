@@ -149,8 +149,8 @@ def training_meter(preset: str = "sdpose-t", batch: int = 32, steps: int = 3) ->
     """Wall and CPU time of `steps` full training steps of `preset`, after a warm-up step."""
     import torch
 
-    from sdpose.losses import DistillationLoss
     from sdpose.models import build_model
+    from sdpose.training.losses import DistillationLoss
 
     torch.set_num_threads(CPUS)
     model = build_model(preset).train()

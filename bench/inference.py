@@ -1,7 +1,7 @@
 """Inference cost of the deployed student: each CPU runtime and form against eager PyTorch.
 
 What ships is `models/export/sdpose-student.onnx`, one cycle of sdpose-t, and its int8 form
-`sdpose-student.int8.onnx` (QDQ, `sdpose.quantize`); the official code instead runs every
+`sdpose-student.int8.onnx` (QDQ, `sdpose.deploy.quantize`); the official code instead runs every
 training cycle at inference and keeps the first output. For sdpose-t at batch 1 and 8 with
 1 and 2 threads this prints the median latency of: the fp32 and the int8 file on every
 installed runtime (onnxruntime, OpenVINO: the sessions `sdpose predict` opens), the eager
@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdpose.export import export_onnx
+from sdpose.deploy.quantize import INT8_NAME, quantize_student
+from sdpose.deploy.runtimes import installed_runtimes, open_session
+from sdpose.export.onnx import export_onnx
 from sdpose.models import build_model
 from sdpose.models.cost import model_info
-from sdpose.onnx_session import installed_runtimes, open_session
-from sdpose.quantize import INT8_NAME, quantize_student
 
 PRESET = "sdpose-t"
 THREADS = (1, 2)
@@ -106,8 +106,8 @@ def measure(model, files: dict[str, Path], threads: int, batch: int) -> dict[str
 
 def calibration(model, samples: int = 64) -> tuple[list[np.ndarray], str]:
     """Calibration batches for the int8 file: training crops if present, else random."""
-    from sdpose.codec import HeatmapCodec
-    from sdpose.quantize import calibration_images
+    from sdpose.core.codec import HeatmapCodec
+    from sdpose.deploy.quantize import calibration_images
 
     if (Path("data") / "crops" / "summary.json").is_file():
         codec = HeatmapCodec.for_model(model.config)

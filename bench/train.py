@@ -32,9 +32,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from sdpose.codec import HeatmapCodec
 from sdpose.config import Params, load_params
 from sdpose.console import stage_console
+from sdpose.core.codec import HeatmapCodec
 from sdpose.training.loop import build_trainee, distillation_loss, train_epoch
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sdpose.registry import REGISTRY_ROOT_ENV
+from sdpose.deploy.registry import REGISTRY_ROOT_ENV
 
 EXPERIMENT_PREFIX = "prefect-"
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")

@@ -25,6 +25,13 @@ from prefect.runtime import flow_run
 from pipelines.experiment import experiment_json, experiment_name, run_experiment, set_param_args
 from sdpose.config import Params, load_params
 from sdpose.console import LOG_DIR_ENV
+from sdpose.core.paths import (
+    EVAL_METRICS,
+    REPORTS_DIR,
+    TRAIN_METRICS,
+    TUNE_METRICS,
+)
+from sdpose.deploy.registry import registered_line
 from sdpose.ray_runtime import run_ray
 
 RETRIED_STAGES = ("train", "tune")
@@ -60,25 +67,6 @@ def run_experiment_task(name: str, set_args: list[str], workdir: str) -> dict[st
     return {"stage": f"experiment {name}", "ran": True, "experiment": name, "commit": commit}
 
 
-def registered_line(params: Params, workdir: Path, exported: bool = False) -> str | None:
-    """The newest registered student; the model card cannot say, it is written before the
-    export stage registers it. `exported`: the export ran elsewhere (an experiment)."""
-    from sdpose.registry import list_versions
-
-    card = workdir / "models" / "export" / "model_card.json"
-    if not exported and not card.exists():  # export has not run
-        return None
-    versions = list_versions(params, workdir)
-    if not versions:
-        return None
-    newest = versions[0]
-    champion = " (champion)" if newest["champion"] else ""
-    if newest.get("not_champion"):
-        champion = f" (not champion: {newest['not_champion']})"
-    name = params.registry.model_name
-    return f"- registered model: `{name}` version {newest['version']}{champion}"
-
-
 EVAL_COLUMNS = ("AP", "AP50", "AP75", "APm", "APl", "AR")
 
 
@@ -107,7 +95,7 @@ def _summary_lines(params: Params, workdir: Path) -> list[str]:
     if registered := registered_line(params, workdir):
         lines.append(registered)
     lines.append(f"- outputs and params: the workspace `{workdir}` (dvc.lock records the run)")
-    for name in ("reports/eval.md", "metrics/train.json", "metrics/tune.json"):
+    for name in (REPORTS_DIR / "eval.md", TRAIN_METRICS, TUNE_METRICS):
         if (workdir / name).exists():
             lines.append(f"- `{(workdir / name).resolve()}`")
     lines.append(f"- every stage's full output: `{workdir / 'logs'}/<stage>.log`")
@@ -141,7 +129,7 @@ def _publish_artifacts(lines: list[str], metrics: dict[str, Any] | None) -> None
 
 
 def _workspace_metrics(workdir: Path) -> dict[str, Any] | None:
-    eval_path = workdir / "metrics" / "eval.json"
+    eval_path = workdir / EVAL_METRICS
     return json.loads(eval_path.read_text()) if eval_path.exists() else None
 
 
@@ -168,7 +156,7 @@ def sdpose_flow(overrides: dict[str, Any] | None = None, workdir: str = ".") -> 
             result = run_experiment_task.with_options(retries=params.pipeline.retries)(
                 name, set_args, str(root)
             )
-            metrics = experiment_json(root, result["commit"], "metrics/eval.json")
+            metrics = experiment_json(root, result["commit"], EVAL_METRICS.as_posix())
             _publish_artifacts(_experiment_lines(params, root, result), metrics)
             return [result]
         results = []

@@ -23,9 +23,9 @@ from sdpose.config import (
     Params,
     dump_params,
     load_params,
-    parse_override,
 )
 
+COMMANDS_GROUP = "sdpose.commands"  # entry points: fn(subparsers, add_params_options)
 # Stage commands: name -> (module with `run(params, workdir, **options)`, help).
 STAGES: dict[str, tuple[str, str]] = {
     "synth": ("sdpose.data.synth", "write the synthetic COCO-format dataset"),
@@ -33,8 +33,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "crops": ("sdpose.data.crops", "cut context crops into Parquet shards with Ray Data"),
     "train": ("sdpose.training", "self-distillation training with Ray Train"),
     "tune": ("sdpose.tuning", "Ray Tune search over cycles and embedding size"),
-    "evaluate": ("sdpose.evaluate", "COCO AP of every cycle, cost and latency; the report"),
-    "export": ("sdpose.export", "ONNX of the one-cycle student, model card, MLflow registration"),
+    "evaluate": ("sdpose.evaluation.stage", "COCO AP of every cycle, cost and latency; the report"),
+    "export": ("sdpose.export.stage", "ONNX of the one-cycle student, model card, MLflow entry"),
 }
 
 
@@ -52,7 +52,7 @@ def _add_params_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _params(args: argparse.Namespace) -> Params:
+def params_from_args(args: argparse.Namespace) -> Params:
     """Only the implicit ./params.yaml may be missing (then say so); a given --params must exist."""
     if args.params is not None:
         return load_params(args.params, args.overrides, missing_ok=False)
@@ -74,7 +74,7 @@ def _run_stage(args: argparse.Namespace) -> int:
     whole summary on stdout instead)."""
     from sdpose.console import result_line, stage_console
 
-    params = _params(args)  # a bad value fails before the log opens, on the terminal
+    params = params_from_args(args)  # a bad value fails before the log opens, on the terminal
     module = importlib.import_module(STAGES[args.command][0])
     options = {key: getattr(args, key) for key in ("strict", "resume") if hasattr(args, key)}
     options = {key: value for key, value in options.items() if value is not None}
@@ -88,7 +88,7 @@ def _run_stage(args: argparse.Namespace) -> int:
 
 
 def _config_show(args: argparse.Namespace) -> int:
-    print(dump_params(_params(args)), end="")
+    print(dump_params(params_from_args(args)), end="")
     return 0
 
 
@@ -137,7 +137,7 @@ def _convert_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _coco_eval(args: argparse.Namespace) -> int:
-    from sdpose.evaluation import score_results
+    from sdpose.evaluation.coco_ap import score_results
 
     stats, ignored = score_results(args.annotations, args.results)
     if ignored:
@@ -154,69 +154,10 @@ def _coco_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pipeline(args: argparse.Namespace) -> int:
-    from pipelines.local import configure_local_prefect
-
-    workdir = Path.cwd()
-    configure_local_prefect(workdir)
-    _params(args)  # fail before Prefect starts on a bad value
-    from pipelines.flow import sdpose_flow
-
-    overrides = dict(parse_override(text) for text in args.overrides)
-    results = sdpose_flow(overrides=overrides, workdir=str(workdir))
-    for result in results:
-        print(f"{result['stage']:>10}: {'ran' if result['ran'] else 'up to date, skipped'}")
-    experiment = next((result["experiment"] for result in results if "experiment" in result), None)
-    if experiment:  # the workspace holds none of its outputs (docs/experiments.md)
-        print(f"\nDVC experiment {experiment}: params.yaml and the workspace are unchanged.")
-        print("  dvc exp show                    # its params and metrics next to the others")
-        print(f"  dvc exp apply {experiment}   # bring its params, metrics and outputs in")
-        return 0
-    _print_where_to_look(workdir, load_params(workdir / "params.yaml"))
-    return 0
-
-
-def _print_where_to_look(workdir: Path, params: Params) -> None:
-    """What the run made and how to open it: the first thing a user needs after `make run`."""
-    from pipelines.flow import registered_line
-
-    eval_path = workdir / "metrics" / "eval.json"
-    if eval_path.exists():
-        evaluation = json.loads(eval_path.read_text())
-        print(f"\nStudent AP (val, {evaluation['boxes']} boxes): {evaluation['student_ap']:.4f}")
-    print("\nWhere to look:")
-    for name, what in (
-        ("metrics/train.json", "training summary (student and teacher AP)"),
-        ("metrics/tune.json", "every trial of the search"),
-        ("metrics/eval.json", "evaluation metrics"),
-        ("reports/eval.md", "evaluation report with plots"),
-        ("models/export/sdpose-student.onnx", "the exported one-cycle student"),
-        ("models/export/model_card.json", "its model card"),
-    ):
-        if (workdir / name).exists():
-            print(f"  {name:<36} {what}")
-    registered = registered_line(params, workdir)
-    if registered:
-        print(f"  {registered.removeprefix('- ')}")
-    print(f"  mlflow ui --backend-store-uri {params.registry.tracking_uri}   # runs and registry")
-    print("  logs/<stage>.log                     every stage's full output")
-    print(
-        "  Ray dashboard: the run's Ray served it while the run lasted (the URL is printed "
-        "above); for one that stays, `ray start --head` and run with ray.address=auto"
-    )
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from pipelines.serve import serve
-
-    serve(Path.cwd())
-    return 0
-
-
 def _predict(args: argparse.Namespace) -> int:
-    from sdpose.predict import predict
+    from sdpose.deploy.predict import predict
 
-    params = _params(args)
+    params = params_from_args(args)
     summary = predict(
         args.images, args.boxes, args.model, args.out, params, Path.cwd(), args.runtime, args.int8
     )
@@ -225,9 +166,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _registry_list(args: argparse.Namespace) -> int:
-    from sdpose.registry import list_versions
+    from sdpose.deploy.registry import list_versions
 
-    rows = list_versions(_params(args), Path.cwd())
+    rows = list_versions(params_from_args(args), Path.cwd())
     if args.json:
         _print_json(rows)
         return 0
@@ -290,15 +231,6 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--preset", required=True)
     convert.set_defaults(handler=_convert_checkpoint)
 
-    pipeline = commands.add_parser(
-        "pipeline", help="run the whole Prefect flow locally (no server needed)"
-    )
-    _add_params_options(pipeline)
-    pipeline.set_defaults(handler=_pipeline)
-
-    serve = commands.add_parser("serve", help="serve the Prefect deployment sdpose/full-pipeline")
-    serve.set_defaults(handler=_serve)
-
     predict = commands.add_parser("predict", help="keypoints and overlays for images")
     _add_params_options(predict)
     predict.add_argument("images", type=Path, nargs="+")
@@ -331,7 +263,20 @@ def build_parser() -> argparse.ArgumentParser:
     coco_eval.add_argument("results", type=Path)
     coco_eval.add_argument("--json", action="store_true")
     coco_eval.set_defaults(handler=_coco_eval)
+    _add_plugin_commands(commands)
     return parser
+
+
+def _add_plugin_commands(commands: argparse._SubParsersAction) -> None:
+    """Commands other packages register under the `sdpose.commands` entry point group.
+
+    The orchestration (`sdpose pipeline`, `sdpose serve`: pipelines/commands.py) adds its
+    commands this way, so the library never imports the orchestrator that runs it.
+    """
+    from importlib.metadata import entry_points
+
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda entry: entry.name):
+        entry.load()(commands, _add_params_options)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,17 +30,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from sdpose.codec import HeatmapCodec, apply_affine
+from sdpose.core.codec import HeatmapCodec, apply_affine
 from sdpose.config import AugmentParams
-from sdpose.data.keypoints import FLIP_INDEX, LOWER_BODY_IDS, UPPER_BODY_IDS
-from sdpose.models.presets import BOX_ASPECT
+from sdpose.core.keypoints import FLIP_INDEX, LOWER_BODY_IDS, UPPER_BODY_IDS
+from sdpose.core.inputs import BOX_ASPECT
 
 Sample = dict[str, Any]
 Transform = Callable[[Sample, np.random.Generator], Sample]
 
-# ImageNet statistics in RGB order, as the official NormalizeTensor.
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 def sample_rng(seed: int, epoch: int, ann_id: int) -> np.random.Generator:
@@ -206,8 +203,3 @@ def apply_transforms(
     return sample
 
 
-def normalize_images(images_bgr: np.ndarray) -> np.ndarray:
-    """(N, H, W, 3) uint8 BGR -> (N, 3, H, W) float32 RGB, ImageNet-normalised."""
-    rgb = images_bgr[..., ::-1].astype(np.float32) * (1.0 / 255.0)
-    normalised = (rgb - IMAGENET_MEAN) / IMAGENET_STD
-    return np.ascontiguousarray(normalised.transpose(0, 3, 1, 2))

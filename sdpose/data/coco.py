@@ -19,7 +19,7 @@ from typing import Any
 
 from pycocotools.coco import COCO
 
-from sdpose.data.keypoints import NUM_KEYPOINTS, PERSON_CATEGORY
+from sdpose.core.keypoints import NUM_KEYPOINTS, PERSON_CATEGORY
 
 KEYPOINT_VALUES = 3 * NUM_KEYPOINTS  # 51: x, y, v per keypoint
 

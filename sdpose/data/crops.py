@@ -34,7 +34,12 @@ from ray.data.datasource import FilenameProvider
 
 from sdpose import console
 from sdpose.config import CropsParams, Params
-from sdpose.data.atomic import remove_abandoned_staging, staged_directory
+from sdpose.core.paths import (
+    remove_abandoned_staging,
+    resolve,
+    staged_directory,
+    write_text_atomic,
+)
 from sdpose.data.manifest import META_IMAGE_ROOT, META_VERSION, SCHEMA_VERSION, ManifestError
 
 SPLITS = ("train", "val", "val_det")  # val_det only when prepare wrote detector boxes
@@ -380,7 +385,7 @@ def manifest_image_root(manifest: Path, workdir: Path) -> Path:
             f"{SCHEMA_VERSION!r}; rerun `sdpose prepare`"
         )
     root = Path(metadata.get(META_IMAGE_ROOT, b".").decode())
-    return root if root.is_absolute() else workdir / root
+    return resolve(workdir, root)
 
 
 def summarize(staging: Path, splits: list[str], params: CropsParams, seconds: float,
@@ -410,7 +415,5 @@ def summarize(staging: Path, splits: list[str], params: CropsParams, seconds: fl
 
 
 def _write_json(path: Path, value: Any) -> None:
-    """Write JSON atomically (temp file + rename): a retried task never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically: a retried task never leaves half a file."""
+    write_text_atomic(path, json.dumps(value, indent=2) + "\n")

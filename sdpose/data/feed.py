@@ -31,13 +31,13 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from sdpose.codec import HeatmapCodec, apply_affine, invert_affine
+from sdpose.core.codec import HeatmapCodec, apply_affine, invert_affine
+from sdpose.core.inputs import normalize_images
 from sdpose.config import AugmentParams, Params
 from sdpose.data.augment import (
     AffineToInput,
     Sample,
     apply_transforms,
-    normalize_images,
     sample_rng,
     train_transforms,
 )

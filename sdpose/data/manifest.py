@@ -13,6 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sdpose.core.paths import atomic_file
+
 SCHEMA_VERSION = "1"
 
 SCHEMA = pa.schema(
@@ -47,10 +49,8 @@ def write_manifest(rows: list[dict] | pa.Table, path: Path, image_root: Path) ->
     table = table.cast(SCHEMA).replace_schema_metadata(
         {META_VERSION: SCHEMA_VERSION.encode(), META_IMAGE_ROOT: str(image_root).encode()}
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp)
     return path
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from sdpose import console
 from sdpose.config import Params
-from sdpose.data.atomic import remove_abandoned_staging, staged_directory
+from sdpose.core.paths import remove_abandoned_staging, resolve, split_paths, staged_directory
 from sdpose.data.coco import (
     DEFECT_REASONS,
     DataError,
@@ -37,9 +37,8 @@ from sdpose.data.coco import (
     unsafe_file_name,
 )
 from sdpose.data.manifest import SCHEMA_VERSION, write_manifest
-from sdpose.models.presets import BOX_ASPECT
+from sdpose.core.inputs import center_scale
 
-BOX_PADDING = 1.25
 PREPARED_DIR = Path("data/prepared")
 SPLITS = ("train", "val")
 
@@ -51,21 +50,6 @@ class PreparedSplit:
     rows: list[dict]
     report: dict
     det_rows: list[dict] = field(default_factory=list)
-
-
-def center_scale(bbox: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """xywh box -> (center, scale) in original pixels.
-
-    The box's aspect is fixed to the model input's by growing its short side, then padded by
-    1.25; `scale` is that window's (w, h), so a crop of it maps back to the image exactly.
-    """
-    x, y, w, h = (float(value) for value in bbox)
-    center = np.array([x + w / 2.0, y + h / 2.0])
-    if w > BOX_ASPECT * h:
-        h = w / BOX_ASPECT
-    else:
-        w = h * BOX_ASPECT
-    return center, np.array([w, h]) * BOX_PADDING
 
 
 def prepare_split(
@@ -277,13 +261,6 @@ def _raise_defects(path: Path, issues: list[Issue]) -> None:
         raise DataError(f"{path}: {defects[0].detail} [{defects[0].reason}; strict mode]{more}")
 
 
-def split_paths(source: str, root: Path, split: str) -> tuple[Path, Path]:
-    """(annotation file, image root) of one split under `data.root`."""
-    if source == "synth":
-        return root / "annotations" / f"person_keypoints_{split}.json", root / "images"
-    return root / "annotations" / f"person_keypoints_{split}2017.json", root / f"{split}2017"
-
-
 def run(params: Params, workdir: Path, strict: bool | None = None) -> dict:
     """The prepare stage: writes data/prepared/{train,val}.parquet (+ val_det.parquet with
     `evaluate.boxes`) and report.json under `workdir`; returns the kept and skipped counts.
@@ -296,24 +273,24 @@ def run(params: Params, workdir: Path, strict: bool | None = None) -> dict:
     prepared: dict[str, tuple[PreparedSplit, Path]] = {}
     for split in SPLITS:
         annotations, image_root = split_paths(params.data.source, params.data.root, split)
-        if not _resolve(workdir, annotations).is_file():
+        if not resolve(workdir, annotations).is_file():
             raise DataError(
                 f"{annotations}: annotation file not found (data.source={params.data.source}, "
                 f"data.root={params.data.root}); run `sdpose synth` or point data.root at a "
                 "COCO 2017 tree"
             )
-        if not _resolve(workdir, image_root).is_dir():
+        if not resolve(workdir, image_root).is_dir():
             raise DataError(
                 f"{image_root}: image folder of split {split} not found (data.root="
                 f"{params.data.root}); the {split} images must be there"
             )
         use_boxes = split == "val" and boxes is not None
         result = prepare_split(
-            _resolve(workdir, annotations),
-            _resolve(workdir, image_root),
+            resolve(workdir, annotations),
+            resolve(workdir, image_root),
             split,
             strict=strict,
-            detections=_resolve(workdir, boxes) if use_boxes else None,
+            detections=resolve(workdir, boxes) if use_boxes else None,
             det_score_thr=params.evaluate.det_score_thr,
             workers=min(16, 4 * (os.cpu_count() or 1)),
         )
@@ -367,5 +344,3 @@ def _check_survivors(split: str, annotations: Path, image_root: Path, report: di
         console.warn(f"sdpose prepare: {warning}")
 
 
-def _resolve(workdir: Path, path: Path) -> Path:
-    return path if path.is_absolute() else workdir / path

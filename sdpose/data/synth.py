@@ -30,8 +30,8 @@ import cv2
 import numpy as np
 
 from sdpose.config import Params
-from sdpose.data.atomic import staged_directory
-from sdpose.data.keypoints import PERSON_CATEGORY
+from sdpose.core.paths import staged_directory
+from sdpose.core.keypoints import PERSON_CATEGORY
 from sdpose.data.synth_scene import render_scene
 
 SYNTH_DIR = Path("data/raw/synth")

@@ -17,7 +17,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from sdpose.data.keypoints import KEYPOINT_NAMES
+from sdpose.core.keypoints import KEYPOINT_NAMES
 
 
 class Part(IntEnum):

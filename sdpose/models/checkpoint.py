@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sdpose.core.paths import atomic_file
 from sdpose.models.mct import SDPose
 from sdpose.models.presets import ModelConfig, resolve_model_config
 
@@ -48,13 +49,8 @@ def save_checkpoint(path: Path | str, model: nn.Module, **extra: Any) -> Path:
     payload.update(extra)
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory; give the checkpoint file to write")
-    partial = path.with_name(path.name + ".partial")
-    try:
+    with atomic_file(path) as partial:
         torch.save(payload, partial)
-        os.replace(partial, path)
-    except BaseException:  # never leave a half-written (or whole but unnamed) copy behind
-        partial.unlink(missing_ok=True)
-        raise
     return path
 
 

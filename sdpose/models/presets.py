@@ -14,10 +14,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from sdpose.core.inputs import BOX_ASPECT
+
 BACKBONES = ("stem", "hrnet_w32", "none")
-# Width / height of every person box `sdpose prepare` writes, and so of every model input:
-# a model of another aspect would see stretched people.
-BOX_ASPECT = 3 / 4
 POS_EMBEDDINGS = ("sine-full", "sine")
 OVERRIDABLE = ("cycles", "dim", "depth", "heads", "input_size", "heatmap_size")
 

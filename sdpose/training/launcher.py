@@ -27,7 +27,14 @@ from typing import Any
 import torch
 
 from sdpose.config import Params
-from sdpose.data.prepare import split_paths
+from sdpose.core.paths import (
+    REPORTS_DIR,
+    TRAIN_HISTORY,
+    TRAIN_METRICS,
+    TRAIN_MODELS,
+    resolve,
+    split_paths,
+)
 from sdpose.training.history import plot_history, write_history_csv, write_json
 from sdpose.training.loop import BEST_FILE, STATE_FILE, train_loop_per_worker
 from sdpose.training.storage import RunStorage
@@ -51,18 +58,13 @@ class TrainPaths:
         workdir = Path(workdir).resolve()
         annotations, _ = split_paths(params.data.source, params.data.root, "val")
         return cls(
-            annotations=_resolve(workdir, annotations),
+            annotations=resolve(workdir, annotations),
             run=RunStorage.of(params.ray.storage_path, RUN_NAME, workdir),
-            models=workdir / "models" / "train",
-            metrics=workdir / "metrics" / "train.json",
-            history=workdir / "metrics" / "train_history.csv",
-            curves=workdir / "reports" / "train_curves.png",
+            models=workdir / TRAIN_MODELS,
+            metrics=workdir / TRAIN_METRICS,
+            history=workdir / TRAIN_HISTORY,
+            curves=workdir / REPORTS_DIR / "train_curves.png",
         )
-
-
-def _resolve(workdir: Path, path: Path) -> Path:
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else workdir / path
 
 
 def run(

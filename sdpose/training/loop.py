@@ -35,12 +35,12 @@ import torch
 import torch.distributed as dist
 
 from sdpose import console
-from sdpose.codec import HeatmapCodec
 from sdpose.config import Params
-from sdpose.losses import DistillationLoss
+from sdpose.core.codec import HeatmapCodec
 from sdpose.models import build_model
 from sdpose.models.checkpoint import save_checkpoint, unwrap
 from sdpose.training import validate
+from sdpose.training.losses import DistillationLoss
 from sdpose.training.schedule import WarmupStepSchedule
 
 STATE_FILE = "state.pt"  # everything a restart needs

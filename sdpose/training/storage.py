@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from sdpose.core.paths import resolve
+
 CHECKPOINT_PREFIX = "epoch-"
 # `scheme:/x` is how a pathlib.Path spells `scheme://x` (it collapses the double slash)
 _COLLAPSED_URI = re.compile(r"^([a-zA-Z][\w+.-]*):/(?!/)")
@@ -45,8 +47,7 @@ class RunStorage:
         if "://" in text:
             filesystem, root = pafs.FileSystem.from_uri(text)
             return cls(text, name, filesystem, f"{root.rstrip('/')}/{name}")
-        local = Path(text).expanduser()
-        local = local if local.is_absolute() else Path(workdir).resolve() / local
+        local = resolve(Path(workdir).resolve(), text)
         return cls(str(local), name, pafs.LocalFileSystem(), str(local / name))
 
     def checkpoint_path(self, epoch: int) -> str:

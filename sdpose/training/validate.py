@@ -2,7 +2,7 @@
 
 One eval-mode forward with `cycles=C` yields every cycle's heatmaps, so the student (what
 ships: one cycle) and the teacher (all C cycles) cost a single pass. Decoding and scoring
-are `sdpose.inference`'s, the path the evaluate stage and `sdpose predict` use too. Each
+are `sdpose.evaluation.inference`'s, the path the evaluate stage and `sdpose predict` use too. Each
 worker predicts its share of the validation batches; the shares are gathered and scored.
 
 Shapes: N persons, K keypoints, C cycles, H x W heatmap.
@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sdpose import inference
-from sdpose.codec import HeatmapCodec
 from sdpose.config import EvaluateParams
-from sdpose.inference import Predictions
+from sdpose.core.codec import HeatmapCodec
+from sdpose.evaluation import inference
+from sdpose.evaluation.inference import Predictions
 
 ROLES = ("student", "teacher")
 

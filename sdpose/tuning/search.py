@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sdpose.config import Params
+from sdpose.core.paths import CANDIDATES, TUNE_METRICS, resolve
 
 EXPERIMENT_NAME = "sdpose-tune"
 # The trial's driver only waits on its Train run: no CPU (a fraction would leave Ray Data
@@ -44,16 +45,15 @@ class TunePaths:
 
     @classmethod
     def under(cls, workdir: Path, params: Params) -> TunePaths:
-        from sdpose.registry import registry_root
+        from sdpose.deploy.registry import registry_root
 
         workdir = Path(workdir).resolve()
-        storage = Path(params.ray.storage_path).expanduser()
-        storage = storage if storage.is_absolute() else workdir / storage
+        storage = resolve(workdir, params.ray.storage_path)
         return cls(
             storage=storage,
             experiment=storage / EXPERIMENT_NAME,
-            metrics=workdir / "metrics" / "tune.json",
-            best_model=workdir / "models" / "tune" / "best.pt",
+            metrics=workdir / TUNE_METRICS,
+            best_model=workdir / CANDIDATES["tune"],
             pareto=workdir / "reports" / "tune_pareto.png",
             artifacts=registry_root(workdir) / "mlartifacts",  # next to the tracking store
         )
@@ -183,7 +183,7 @@ def _searcher(params: Params, concurrency: int):
 
 
 def _callbacks(params: Params, workdir: Path, paths: TunePaths) -> list:
-    from sdpose.registry import tracking_uri
+    from sdpose.deploy.registry import tracking_uri
     from sdpose.tuning.cleanup import PlacementGroupJanitor
     from sdpose.tuning.results import trial_cost
     from sdpose.tuning.tracking import MlflowTrials

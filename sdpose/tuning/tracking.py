@@ -43,7 +43,7 @@ class MlflowTrials(Callback):
         return {**self.__dict__, "_client": None, "_runs": {}}
 
     def setup(self, **info) -> None:
-        from sdpose.registry import open_client
+        from sdpose.deploy.registry import open_client
 
         self._client = open_client(self.tracking_uri)
         found = self._client.get_experiment_by_name(self.experiment)

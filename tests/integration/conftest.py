@@ -12,30 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from shared import TINY_DATA, TINY_TRAIN
 
 from sdpose.config import Params, load_params
-
-# 24 train and 8 val images with up to 2 people each: a few dozen crops.
-TINY_DATA: dict[str, Any] = {
-    "synth.train_images": 24,
-    "synth.val_images": 8,
-    "synth.max_people": 2,
-    "synth.workers": 1,
-}
-
-# sdpose-nano shrunk to seconds per epoch on one core; no warmup, lr decays at epoch 1.
-TINY_TRAIN: dict[str, Any] = {
-    **TINY_DATA,
-    "model.preset": "sdpose-nano",
-    "model.dim": 32,
-    "model.depth": 2,
-    "train.epochs": 2,
-    "train.batch_size": 8,
-    "train.warmup_iters": 0,
-    "train.lr_steps": [1],
-    "ray.num_workers": 2,
-    "ray.cpus_per_worker": 0.5,
-}
 
 
 @pytest.fixture(scope="session")

@@ -16,37 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from shared import REPO
 
 from sdpose.config import apply_overrides, validate_params
 
-REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 SKIPPED_DIRS = ("data", "models", "metrics", "reports", ".venv")
-
-# Every stage in seconds on two shared cores: 24 + 8 synthetic images, one worker, one epoch
-# of a 2-layer dim-32 sdpose-nano, a search of 2 trials x 1 epoch over a 2-value space.
-TINY_PIPELINE: dict[str, Any] = {
-    "synth.train_images": 24,
-    "synth.val_images": 8,
-    "synth.max_people": 2,
-    "synth.workers": 1,
-    "model.preset": "sdpose-nano",
-    "model.dim": 32,
-    "model.depth": 2,
-    "train.epochs": 1,
-    "train.batch_size": 8,
-    "train.warmup_iters": 0,
-    "train.lr_steps": [1],
-    "pipeline.retries": 0,
-    "evaluate.flip_test": False,
-    "tune.num_samples": 2,
-    "tune.max_epochs": 1,
-    "tune.scheduler": "fifo",
-    "tune.max_concurrent": 1,
-    "tune.space": {"model.dim": {"choice": [32, 48]}},
-    "ray.num_workers": 1,
-    "ray.cpus_per_worker": 0.5,
-}
 
 STAGE_OUTPUTS = (
     "data/raw/synth/annotations/person_keypoints_train.json",

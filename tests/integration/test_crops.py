@@ -25,15 +25,15 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from ray.data.dataset import MaterializedDataset
+from shared import REPO
 
-from sdpose.codec import HeatmapCodec, apply_affine
 from sdpose.config import Params, load_params
+from sdpose.core.codec import HeatmapCodec, apply_affine
 from sdpose.data import crops, feed
 from sdpose.data.manifest import write_manifest
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 COCO = REPO.parent / "shared" / "fixtures" / "coco-val2017-sample"
 
 

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from shared import REPO
 
 from sdpose.data.manifest import read_manifest
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

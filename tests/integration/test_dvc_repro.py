@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from project_copy import TINY_PIPELINE, copy_project, missing_outputs, run_tool, write_params
+from project_copy import copy_project, missing_outputs, run_tool, write_params
+from shared import TINY_PIPELINE
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
@@ -110,7 +111,7 @@ def test_plots_show_needs_no_network(reproduced: tuple[Path, str], tmp_path: Pat
 
 
 @pytest.mark.parametrize(
-    "module", ["sdpose/visualize.py", "sdpose/data/feed.py", "sdpose/models/presets.py"]
+    "module", ["sdpose/evaluation/visualize.py", "sdpose/data/feed.py", "sdpose/models/presets.py"]
 )
 def test_touching_a_module_stales_exactly_the_stages_that_import_it(
     reproduced: tuple[Path, str], module: str

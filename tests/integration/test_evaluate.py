@@ -9,17 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from shared import COCO_SAMPLE
 
-from sdpose.codec import HeatmapCodec
 from sdpose.config import Params
-from sdpose.evaluate import model_cycles, onnx_student_ap, run, val_batches, val_set
+from sdpose.core.codec import HeatmapCodec
+from sdpose.evaluation.stage import model_cycles, onnx_student_ap, run, val_batches, val_set
 from sdpose.models import build_model
 from sdpose.models.checkpoint import save_checkpoint
 from sdpose.models.outputs import CycleOutput
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
-SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "coco-val2017-sample"
+SAMPLE = COCO_SAMPLE
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def test_val_set_fingerprint_follows_the_protocol(workdir):
 
 
 def test_onnx_student_scores_like_the_pytorch_student(workdir, tmp_path):
-    from sdpose.export import export_onnx
+    from sdpose.export.onnx import export_onnx
 
     torch.manual_seed(1)
     model = build_model("sdpose-nano").eval()

@@ -14,13 +14,15 @@ import onnx
 import pytest
 import torch
 
-from sdpose import export, registry
-from sdpose.codec import HeatmapCodec
-from sdpose.evaluate import val_batches
+from sdpose.core.codec import HeatmapCodec
+from sdpose.deploy import registry
+from sdpose.deploy.quantize import INT8_NAME, calibration_images, quantize_student
+from sdpose.deploy.runtimes import open_session
+from sdpose.evaluation.stage import val_batches
+from sdpose.export import stage as export
+from sdpose.export.onnx import export_onnx
 from sdpose.models import build_model
 from sdpose.models.checkpoint import save_checkpoint
-from sdpose.onnx_session import open_session
-from sdpose.quantize import INT8_NAME, calibration_images, quantize_student
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -41,7 +43,7 @@ def quantized(tiny_dataset, tmp_path_factory):
     model = build_model("sdpose-nano").eval()
     folder = tmp_path_factory.mktemp("int8")
     fp32 = folder / "sdpose-student.onnx"
-    export.export_onnx(model, fp32, parity_batches=(1,))
+    export_onnx(model, fp32, parity_batches=(1,))
     codec = HeatmapCodec.for_model(model.config)
     info = quantize_student(fp32, folder / INT8_NAME, calibration_images(tiny_dataset, codec, 20))
     val = next(val_batches(tiny_dataset, "val", codec))["images"].numpy()

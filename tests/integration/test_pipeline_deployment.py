@@ -31,12 +31,8 @@ from typing import Any
 
 import psutil
 import pytest
-from project_copy import (
-    TINY_PIPELINE,
-    VENV_BIN,
-    copy_project,
-    tool_env,
-)
+from project_copy import VENV_BIN, copy_project, tool_env
+from shared import TINY_PIPELINE
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 

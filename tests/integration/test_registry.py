@@ -11,10 +11,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from shared import SHARED
 
-from sdpose import registry
 from sdpose.config import Params
-from sdpose.export import export_onnx
+from sdpose.deploy import registry
+from sdpose.export.onnx import export_onnx
 from sdpose.models import build_model
 from sdpose.models.presets import resolve_model_config
 
@@ -191,10 +192,10 @@ def test_an_out_of_range_min_ap_is_a_config_error_naming_the_key(tmp_path, monke
 
 
 def test_predict_takes_a_registry_uri(students, tmp_path):
-    from sdpose.predict import predict
+    from sdpose.deploy.predict import predict
 
     register(tmp_path, students[0], 0.5)
-    image = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+    image = SHARED / "fixtures"
     image = image / "coco-val2017-sample" / "images" / "000000000785.jpg"
     summary = predict(
         [image], None, "models:/sdpose-student@champion", tmp_path / "out", Params(), tmp_path
@@ -211,7 +212,7 @@ def write_eval(workdir: Path, aps: dict[str, float], val_set: str = "val-A") -> 
 
 
 def test_export_stage_registers_and_a_regression_never_takes_the_champion(tmp_path):
-    from sdpose import export
+    from sdpose.export import stage as export
     from sdpose.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
@@ -249,7 +250,7 @@ def test_export_stage_registers_and_a_regression_never_takes_the_champion(tmp_pa
 @pytest.fixture(scope="module")
 def int8_student(students, tmp_path_factory) -> Path:
     """A real int8 (QDQ) form of the first student, calibrated on random inputs."""
-    from sdpose.quantize import INT8_NAME, quantize_student
+    from sdpose.deploy.quantize import INT8_NAME, quantize_student
 
     config = resolve_model_config("sdpose-nano")
     rng = np.random.default_rng(0)

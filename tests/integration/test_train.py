@@ -91,7 +91,7 @@ def test_train_writes_every_output_and_resume_keeps_them(train_workdir, tiny_par
 def test_validation_scores_the_feeds_own_targets_ap_one(train_workdir, tiny_params) -> None:
     """The val feed's targets, decoded as if predicted, must match the COCO ground truth:
     crop geometry (feed), decoding (codec) and scoring (evaluation) agree on real data."""
-    from sdpose.codec import HeatmapCodec
+    from sdpose.core.codec import HeatmapCodec
     from sdpose.data import feed
     from sdpose.models.outputs import CycleOutput
     from sdpose.ray_runtime import ray_session

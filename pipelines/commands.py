@@ -1,0 +1,96 @@
+"""`sdpose pipeline` and `sdpose serve`: the orchestration's own commands.
+
+They reach the `sdpose` command line through the `sdpose.commands` entry point group
+(pyproject.toml), so the library's CLI lists them without importing this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from sdpose.cli import params_from_args
+from sdpose.config import Params, load_params, parse_override
+from sdpose.core.paths import (
+    CARD_NAME,
+    EVAL_METRICS,
+    EXPORT_DIR,
+    ONNX_NAME,
+    REPORTS_DIR,
+    TRAIN_METRICS,
+    TUNE_METRICS,
+)
+from sdpose.deploy.registry import registered_line
+
+
+def add_commands(
+    commands: argparse._SubParsersAction,
+    add_params_options: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    """Register `pipeline` and `serve` on the `sdpose` command line."""
+    pipeline = commands.add_parser(
+        "pipeline", help="run the whole Prefect flow locally (no server needed)"
+    )
+    add_params_options(pipeline)
+    pipeline.set_defaults(handler=run_pipeline)
+    serve = commands.add_parser("serve", help="serve the Prefect deployment sdpose/full-pipeline")
+    serve.set_defaults(handler=serve_deployment)
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    """The whole flow in this process (ephemeral Prefect), then where to look."""
+    from pipelines.flow import sdpose_flow
+    from pipelines.local import configure_local_prefect
+
+    workdir = Path.cwd()
+    configure_local_prefect(workdir)
+    params_from_args(args)  # fail before Prefect starts on a bad value
+    overrides = dict(parse_override(text) for text in args.overrides)
+    results = sdpose_flow(overrides=overrides, workdir=str(workdir))
+    for result in results:
+        print(f"{result['stage']:>10}: {'ran' if result['ran'] else 'up to date, skipped'}")
+    experiment = next((result["experiment"] for result in results if "experiment" in result), None)
+    if experiment:  # the workspace holds none of its outputs (docs/experiments.md)
+        print(f"\nDVC experiment {experiment}: params.yaml and the workspace are unchanged.")
+        print("  dvc exp show                    # its params and metrics next to the others")
+        print(f"  dvc exp apply {experiment}   # bring its params, metrics and outputs in")
+        return 0
+    print_where_to_look(workdir, load_params(workdir / "params.yaml"))
+    return 0
+
+
+def serve_deployment(args: argparse.Namespace) -> int:
+    from pipelines.serve import serve
+
+    serve(Path.cwd())
+    return 0
+
+
+def print_where_to_look(workdir: Path, params: Params) -> None:
+    """What the run made and how to open it: the first thing a user needs after `make run`."""
+    eval_path = workdir / EVAL_METRICS
+    if eval_path.exists():
+        evaluation = json.loads(eval_path.read_text())
+        print(f"\nStudent AP (val, {evaluation['boxes']} boxes): {evaluation['student_ap']:.4f}")
+    print("\nWhere to look:")
+    for path, what in (
+        (TRAIN_METRICS, "training summary (student and teacher AP)"),
+        (TUNE_METRICS, "every trial of the search"),
+        (EVAL_METRICS, "evaluation metrics"),
+        (REPORTS_DIR / "eval.md", "evaluation report with plots"),
+        (EXPORT_DIR / ONNX_NAME, "the exported one-cycle student"),
+        (EXPORT_DIR / CARD_NAME, "its model card"),
+    ):
+        if (workdir / path).exists():
+            print(f"  {path.as_posix():<36} {what}")
+    registered = registered_line(params, workdir)
+    if registered:
+        print(f"  {registered.removeprefix('- ')}")
+    print(f"  mlflow ui --backend-store-uri {params.registry.tracking_uri}   # runs and registry")
+    print("  logs/<stage>.log                     every stage's full output")
+    print(
+        "  Ray dashboard: the run's Ray served it while the run lasted (the URL is printed "
+        "above); for one that stays, `ray start --head` and run with ray.address=auto"
+    )

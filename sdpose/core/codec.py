@@ -1,0 +1,373 @@
+"""Heatmap codec: training targets, decoding, flip test and crop geometry in one object.
+
+Target generation and the decoder share `HeatmapCodec`, so the stride, the sub-pixel
+convention and the crop mapping cannot drift apart between training and evaluation
+(the MMPose 1.x `MSRAHeatmap` idea). The numbers follow mmpose 0.x top-down (non-UDP), as
+the official SDPose config: Gaussian targets with unbiased (sub-pixel) encoding, DARK
+("unbiased") decoding with an 11x11 modulation kernel, and the flip test's one-pixel shift.
+
+Coordinates: a person box is `center` (2,) and `scale` (2,) = box (w, h) in original image
+pixels (already fixed to the input aspect and padded; not mmpose's /200 units). The crop
+maps the image rectangle [center - scale/2, center + scale/2] linearly onto the input
+[0, input_w] x [0, input_h]; heatmap pixel = input pixel / stride. Points are (x, y).
+
+Shape legend: N persons, K keypoints, H x W heatmap, Hi x Wi input.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, TypeVar
+
+import cv2
+import numpy as np
+
+from sdpose.core.keypoints import FLIP_INDEX
+
+if TYPE_CHECKING:
+    import torch
+
+    from sdpose.config import Params
+    from sdpose.models.presets import ModelConfig
+
+# torch is imported where it is used: Ray Data processes import this module for encode()
+ArrayT = TypeVar("ArrayT", np.ndarray, "torch.Tensor")
+DecodeMethod = Literal["dark", "argmax"]
+_NEGLIGIBLE = 1e-15
+
+
+@dataclass(frozen=True)
+class HeatmapCodec:
+    """Encodes keypoints into Gaussian heatmaps and decodes heatmaps into keypoints.
+
+    Sizes are (height, width). `sigma` is in heatmap pixels; `unbiased` centres each
+    Gaussian at the exact float position (DARK's encoding) instead of the rounded pixel;
+    `blur_kernel` is DARK's modulation kernel at decoding.
+    """
+
+    input_size: tuple[int, int] = (256, 192)
+    heatmap_size: tuple[int, int] = (64, 48)
+    sigma: float = 2.0
+    unbiased: bool = True
+    blur_kernel: int = 11
+
+    def __post_init__(self) -> None:
+        if len(self.input_size) != 2 or len(self.heatmap_size) != 2:
+            raise ValueError("input_size and heatmap_size must be (height, width) pairs")
+        if min(*self.input_size, *self.heatmap_size) <= 0:
+            raise ValueError(f"sizes must be positive, got {self.input_size}, {self.heatmap_size}")
+        if self.sigma <= 0:
+            raise ValueError(f"sigma must be positive, got {self.sigma}")
+        if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
+            raise ValueError(f"blur_kernel must be a positive odd number, got {self.blur_kernel}")
+
+    @classmethod
+    def for_model(cls, config: ModelConfig, sigma: float = 2.0) -> HeatmapCodec:
+        """The codec of a model: its input and heatmap sizes, so the two never disagree."""
+        return cls(
+            input_size=tuple(config.input_size),
+            heatmap_size=tuple(config.heatmap_size),
+            sigma=sigma,
+        )
+
+    @classmethod
+    def for_params(cls, params: Params) -> HeatmapCodec:
+        """The codec of the configured model with the training sigma: every stage's codec."""
+        return cls.for_model(params.model.resolve(), params.train.sigma)
+
+    # ----------------------------------------------------------------- geometry
+    @property
+    def stride(self) -> np.ndarray:
+        """Input pixels per heatmap pixel, (x, y): 4, 4 for 256x192 -> 64x48."""
+        (in_h, in_w), (hm_h, hm_w) = self.input_size, self.heatmap_size
+        return np.array([in_w / hm_w, in_h / hm_h])
+
+    def to_image(self, keypoints: ArrayT, center: ArrayT, scale: ArrayT) -> ArrayT:
+        """Input-crop pixels (..., K, 2) -> original-image pixels; center/scale (..., 2)."""
+        center, scale = _like(center, keypoints), _like(scale, keypoints)
+        in_wh = _like(self._input_wh, keypoints)
+        return keypoints * (scale / in_wh)[..., None, :] + (center - scale / 2)[..., None, :]
+
+    def to_input(self, keypoints: ArrayT, center: ArrayT, scale: ArrayT) -> ArrayT:
+        """Original-image pixels (..., K, 2) -> input-crop pixels; inverse of `to_image`."""
+        center, scale = _like(center, keypoints), _like(scale, keypoints)
+        in_wh = _like(self._input_wh, keypoints)
+        return (keypoints - (center - scale / 2)[..., None, :]) * (in_wh / scale)[..., None, :]
+
+    def affine_matrix(
+        self,
+        center: np.ndarray,
+        scale: np.ndarray,
+        rotation: float | np.ndarray = 0.0,
+        output_size: tuple[int, int] | None = None,
+    ) -> np.ndarray:
+        """The (2, 3) image -> crop affine for cv2.warpAffine; (N, 2, 3) for (N, 2) boxes.
+
+        The box rectangle, rotated by `rotation` degrees about `center`, lands on
+        [0, out_w] x [0, out_h] with `center` at the crop's middle. `output_size` is
+        (height, width), the input size by default. Sign: a positive rotation turns the
+        image content counter-clockwise on screen in the crop, as cv2.getRotationMatrix2D
+        and mmpose's get_affine_transform (the sampled box is turned clockwise in the
+        image). With scale aspect equal to the output aspect this is mmpose's similarity;
+        without rotation it equals `to_input`. Warp pixels and keypoints (`apply_affine`)
+        with the same matrix.
+        """
+        out_h, out_w = self.input_size if output_size is None else output_size
+        center = np.asarray(center, dtype=np.float64)
+        scale = np.asarray(scale, dtype=np.float64)
+        angle = np.deg2rad(np.asarray(rotation, dtype=np.float64))
+        batch = np.broadcast_shapes(center.shape[:-1], scale.shape[:-1], angle.shape)
+        cos, sin = np.broadcast_to(np.cos(angle), batch), np.broadcast_to(np.sin(angle), batch)
+        zoom_x = np.broadcast_to(out_w / scale[..., 0], batch)
+        zoom_y = np.broadcast_to(out_h / scale[..., 1], batch)
+        # linear part: scale per axis after undoing the box's rotation, R(-angle)
+        linear = np.stack(
+            [
+                np.stack([zoom_x * cos, zoom_x * sin], -1),
+                np.stack([-zoom_y * sin, zoom_y * cos], -1),
+            ],
+            axis=-2,
+        )
+        offset = np.array([out_w / 2, out_h / 2]) - np.einsum("...ij,...j->...i", linear, center)
+        return np.concatenate([linear, offset[..., None]], axis=-1)
+
+    @property
+    def _input_wh(self) -> np.ndarray:
+        return np.array([self.input_size[1], self.input_size[0]], dtype=np.float64)
+
+    # ----------------------------------------------------------------- encoding
+    def encode(self, keypoints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gaussian targets (N, K, H, W) float32 and target weights (N, K) float32.
+
+        keypoints (N, K, 2) in input pixels; visible (N, K) bool or 0/1 (COCO's v may be
+        passed as is: > 0.5 counts as visible). A single person (K, 2), (K,) works too.
+        A weight is 0 for an invisible joint and for one whose 3-sigma window lies entirely
+        outside the heatmap (mmpose's rule); its heatmap is then all zero.
+        """
+        keypoints = np.asarray(keypoints, dtype=np.float64)
+        visible = np.asarray(visible)
+        single = keypoints.ndim == 2
+        if single:
+            keypoints, visible = keypoints[None], visible[None]
+        if keypoints.ndim != 3 or keypoints.shape[-1] != 2:
+            raise ValueError(f"encode: keypoints must be (N, K, 2), got {keypoints.shape}")
+        if visible.shape != keypoints.shape[:2]:
+            raise ValueError(
+                f"encode: visible must be (N, K) = {keypoints.shape[:2]}, got {visible.shape}"
+            )
+        heatmaps, weights = self._encode(keypoints, visible)
+        return (heatmaps[0], weights[0]) if single else (heatmaps, weights)
+
+    def _encode(self, keypoints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`encode` for validated (N, K, 2) keypoints and (N, K) visibility."""
+        hm_h, hm_w = self.heatmap_size
+        finite = np.isfinite(keypoints).all(-1)
+        use = (visible > 0.5) & finite
+        mu = np.where(use[..., None], keypoints, 0.0) / self.stride  # (N, K, 2) heatmap px
+        if not self.unbiased:
+            mu = np.trunc(mu + 0.5)  # mmpose 0.x: int(x / stride + 0.5)
+        radius = self.sigma * 3
+        top_left, bottom_right = mu - radius, mu + radius + 1
+        inside = (
+            (top_left[..., 0] < hm_w)
+            & (top_left[..., 1] < hm_h)
+            & (bottom_right[..., 0] >= 0)
+            & (bottom_right[..., 1] >= 0)
+        )
+        weights = (use & inside).astype(np.float32)
+        # A 2-D Gaussian is the outer product of two 1-D ones: N*K*(H+W) exps, not N*K*H*W.
+        dx = np.arange(hm_w) - mu[..., 0, None]  # (N, K, W)
+        dy = np.arange(hm_h) - mu[..., 1, None]  # (N, K, H)
+        gauss_x = np.exp(-(dx**2) / (2 * self.sigma**2))
+        gauss_y = np.exp(-(dy**2) / (2 * self.sigma**2))
+        if not self.unbiased:  # the biased target is cut to its (2 * 3 sigma + 1) window
+            gauss_x *= np.abs(dx) <= int(radius)
+            gauss_y *= np.abs(dy) <= int(radius)
+        # Tails below 1e-15 go to 0 (the target changes by < 1e-15): their products, and
+        # those products blurred by DARK, would be denormal floats, which make every later
+        # operation on the maps (the loss, the decoder) many times slower.
+        gauss_x[gauss_x < _NEGLIGIBLE] = 0
+        gauss_y[gauss_y < _NEGLIGIBLE] = 0
+        gauss_x = (gauss_x * weights[..., None]).astype(np.float32)
+        gauss_y = gauss_y.astype(np.float32)
+        return gauss_y[..., :, None] * gauss_x[..., None, :], weights
+
+    # ----------------------------------------------------------------- decoding
+    def decode(self, heatmaps: ArrayT, method: DecodeMethod = "dark") -> tuple[ArrayT, ArrayT]:
+        """Keypoints (N, K, 2) in input pixels and scores (N, K) from heatmaps (N, K, H, W).
+
+        `dark`: argmax, then DARK's second-order Taylor refinement on the log of the
+        Gaussian-blurred heatmap (mmpose 0.x post_process='unbiased'). `argmax`: argmax plus
+        a quarter pixel toward the higher neighbour (post_process='default'). The score is
+        the heatmap maximum; a map whose maximum is <= 0 decodes to heatmap pixel (-1, -1),
+        as mmpose. Returns numpy for numpy input, tensors on the input's device otherwise.
+        """
+        import torch
+
+        if method not in ("dark", "argmax"):
+            raise ValueError(f"decode: method must be 'dark' or 'argmax', got {method!r}")
+        is_numpy = isinstance(heatmaps, np.ndarray)
+        maps = torch.from_numpy(np.ascontiguousarray(heatmaps)) if is_numpy else heatmaps.detach()
+        if maps.ndim != 4 or tuple(maps.shape[-2:]) != tuple(self.heatmap_size):
+            raise ValueError(
+                f"decode: heatmaps must be (N, K, {self.heatmap_size[0]}, {self.heatmap_size[1]})"
+                f" for this codec, got {tuple(maps.shape)}"
+            )
+        maps = maps.float()
+        coords, scores = _argmax(maps)
+        if method == "dark":
+            coords = self._dark_refine(maps, coords)
+        else:
+            coords = _quarter_shift(maps, coords)
+        keypoints = (coords * torch.as_tensor(self.stride, device=maps.device)).float()
+        if is_numpy:
+            return keypoints.cpu().numpy(), scores.cpu().numpy()
+        return keypoints, scores
+
+    def _dark_refine(self, maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """mmpose 0.x `_gaussian_blur` + log + `_taylor`, for all N x K maps at once."""
+        import torch
+
+        _, _, height, width = maps.shape
+        log_maps = self._modulate(maps).clamp_min_(1e-10).log_()
+        px, py = coords[..., 0].long(), coords[..., 1].long()
+
+        def at(step_x: int, step_y: int) -> torch.Tensor:
+            return _sample(log_maps, px + step_x, py + step_y).double()
+
+        centre = at(0, 0)
+        dx = 0.5 * (at(1, 0) - at(-1, 0))
+        dy = 0.5 * (at(0, 1) - at(0, -1))
+        dxx = 0.25 * (at(2, 0) - 2 * centre + at(-2, 0))
+        dyy = 0.25 * (at(0, 2) - 2 * centre + at(0, -2))
+        dxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1))
+        det = dxx * dyy - dxy**2
+        # mmpose refines only two pixels away from the border (`1 < px < W - 2`).
+        valid = (px > 1) & (px < width - 2) & (py > 1) & (py < height - 2) & (det != 0)
+        safe_det = torch.where(valid, det, torch.ones_like(det))
+        offset_x = -(dyy * dx - dxy * dy) / safe_det  # -inverse(Hessian) @ gradient
+        offset_y = -(dxx * dy - dxy * dx) / safe_det
+        offset = torch.stack([offset_x, offset_y], dim=-1) * valid[..., None]
+        return coords + offset
+
+    def _modulate(self, maps: torch.Tensor) -> torch.Tensor:
+        """Gaussian blur with zero padding, rescaled to each map's original maximum."""
+        import torch
+
+        _, _, height, width = maps.shape
+        # A zero-padded separable blur is rows @ map @ cols with banded matrices: on CPU
+        # two small matmuls beat a one-channel conv2d by ~10x.
+        rows = _blur_matrix(self.blur_kernel, height).to(maps.device)
+        cols = _blur_matrix(self.blur_kernel, width).to(maps.device)
+        blurred = torch.matmul(rows, maps @ cols.T)
+        origin_max = maps.amax(dim=(2, 3), keepdim=True)
+        blurred_max = blurred.amax(dim=(2, 3), keepdim=True)
+        ratio = origin_max / torch.where(
+            blurred_max == 0, torch.ones_like(blurred_max), blurred_max
+        )
+        return blurred.mul_(ratio)  # in place: each fresh full-size tensor costs page faults
+
+    # ----------------------------------------------------------------- flip test
+    def flip_back(self, heatmaps: ArrayT, shift: bool = True) -> ArrayT:
+        """Heatmaps of a horizontally flipped input (N, K, H, W) -> the unflipped frame.
+
+        Mirrors the maps, swaps left/right joints and, with `shift` (mmpose's
+        shift_heatmap=True), moves them one pixel right: the image flip is x -> Wi-1-x, a
+        0.75 heatmap-pixel offset from the array flip, which the shift roughly cancels.
+        Without `shift` it is its own inverse.
+        """
+        if heatmaps.shape[1] != len(FLIP_INDEX):
+            raise ValueError(
+                f"flip_back: expected {len(FLIP_INDEX)} keypoint channels, got {heatmaps.shape[1]}"
+            )
+        if isinstance(heatmaps, np.ndarray):
+            flipped = np.ascontiguousarray(heatmaps[:, FLIP_INDEX, :, ::-1])
+            return np.concatenate([flipped[..., :1], flipped[..., :-1]], -1) if shift else flipped
+        import torch
+
+        index = torch.as_tensor(FLIP_INDEX, device=heatmaps.device)
+        flipped = heatmaps.index_select(1, index).flip(-1)
+        return torch.cat([flipped[..., :1], flipped[..., :-1]], -1) if shift else flipped
+
+
+# --------------------------------------------------------------------- helpers
+def apply_affine(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Points (..., 2) through an affine (2, 3); a batch (N, 2, 3) takes points (N, ..., 2)."""
+    points = np.asarray(points, dtype=np.float64)
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.shape[-2:] != (2, 3):
+        raise ValueError(f"apply_affine: matrix must be (..., 2, 3), got {matrix.shape}")
+    linear, offset = matrix[..., :2], matrix[..., 2]
+    if matrix.ndim == 2:
+        return points @ linear.T + offset
+    # one matrix per leading index: broadcast it over the point axes in between
+    extra = points.ndim - matrix.ndim + 1
+    linear = linear.reshape(linear.shape[:-2] + (1,) * extra + (2, 2))
+    offset = offset.reshape(offset.shape[:-1] + (1,) * extra + (2,))
+    return np.einsum("...ij,...j->...i", linear, points) + offset
+
+
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    """The inverse of affine(s) (..., 2, 3): crop -> image for an image -> crop matrix."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    inverse_linear = np.linalg.inv(matrix[..., :2])
+    offset = -np.einsum("...ij,...j->...i", inverse_linear, matrix[..., 2])
+    return np.concatenate([inverse_linear, offset[..., None]], axis=-1)
+
+
+def _like(value: np.ndarray | torch.Tensor, reference: ArrayT) -> ArrayT:
+    """`value` as the array type (and torch device/dtype) of `reference`."""
+    if isinstance(reference, np.ndarray):
+        return np.asarray(value, dtype=np.float64)  # image coordinates need the precision
+    import torch
+
+    return torch.as_tensor(value, dtype=reference.dtype, device=reference.device)
+
+
+@functools.lru_cache(maxsize=16)
+def _blur_matrix(kernel_size: int, size: int) -> torch.Tensor:
+    """(size, size) matrix whose row i is the 1-D blur kernel centred on i, cut at the edges.
+
+    The kernel is cv2's own for sigma=0, so the blur equals mmpose's cv2.GaussianBlur(k, 0)
+    on a zero-padded map.
+    """
+    import torch
+
+    kernel = torch.from_numpy(cv2.getGaussianKernel(kernel_size, 0).ravel()).float()
+    radius = kernel_size // 2
+    position = torch.arange(size)
+    distance = position[None, :] - position[:, None]
+    values = kernel[(distance + radius).clamp(0, kernel_size - 1)]
+    return torch.where(distance.abs() <= radius, values, torch.zeros(()))
+
+
+def _argmax(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """mmpose 0.x `_get_max_preds`: integer (x, y) of the maximum, -1 where it is <= 0."""
+    import torch
+
+    width = maps.shape[-1]
+    scores, index = maps.flatten(2).max(dim=2)
+    coords = torch.stack([index % width, torch.div(index, width, rounding_mode="floor")], -1)
+    coords = torch.where(scores[..., None] > 0, coords, torch.full_like(coords, -1))
+    return coords.double(), scores
+
+
+def _quarter_shift(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Move each argmax a quarter pixel toward its higher neighbour, per axis."""
+    import torch
+
+    _, _, height, width = maps.shape
+    px, py = coords[..., 0].long(), coords[..., 1].long()
+    valid = (px > 1) & (px < width - 1) & (py > 1) & (py < height - 1)
+    diff_x = _sample(maps, px + 1, py) - _sample(maps, px - 1, py)
+    diff_y = _sample(maps, px, py + 1) - _sample(maps, px, py - 1)
+    shift = 0.25 * torch.stack([diff_x.sign(), diff_y.sign()], -1).double()
+    return coords + shift * valid[..., None]
+
+
+def _sample(maps: torch.Tensor, px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
+    """maps[n, k, py, px] for index maps (N, K); out-of-range indices are clamped."""
+    _, _, height, width = maps.shape
+    flat_index = py.clamp(0, height - 1) * width + px.clamp(0, width - 1)
+    return maps.flatten(2).gather(2, flat_index[..., None])[..., 0]

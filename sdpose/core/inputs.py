@@ -1,0 +1,42 @@
+"""What a model input is: a person box of a fixed aspect, padded, as an ImageNet-normalised image.
+
+`sdpose prepare` turns every box into (center, scale) with `center_scale`, the feed and
+`sdpose predict` normalise crops with `normalize_images`, and the model card states the same
+mean and std; one definition keeps training, evaluation and deployment in agreement.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Width / height of every person box `sdpose prepare` writes, and so of every model input:
+# a model of another aspect would see stretched people.
+BOX_ASPECT = 3 / 4
+BOX_PADDING = 1.25  # the box grown by a quarter: context around the person, as mmpose
+# ImageNet statistics in RGB order, as the official NormalizeTensor.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_MEAN = np.array(IMAGENET_MEAN, dtype=np.float32)
+_STD = np.array(IMAGENET_STD, dtype=np.float32)
+
+
+def center_scale(bbox: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """xywh box -> (center, scale) in original pixels.
+
+    The box's aspect is fixed to the model input's by growing its short side, then padded by
+    1.25; `scale` is that window's (w, h), so a crop of it maps back to the image exactly.
+    """
+    x, y, w, h = (float(value) for value in bbox)
+    center = np.array([x + w / 2.0, y + h / 2.0])
+    if w > BOX_ASPECT * h:
+        h = w / BOX_ASPECT
+    else:
+        w = h * BOX_ASPECT
+    return center, np.array([w, h]) * BOX_PADDING
+
+
+def normalize_images(images_bgr: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 BGR -> (N, 3, H, W) float32 RGB, ImageNet-normalised."""
+    rgb = images_bgr[..., ::-1].astype(np.float32) * (1.0 / 255.0)
+    normalised = (rgb - _MEAN) / _STD
+    return np.ascontiguousarray(normalised.transpose(0, 3, 1, 2))

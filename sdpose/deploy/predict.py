@@ -1,0 +1,332 @@
+"""`sdpose predict`: people's keypoints in real images with the exported ONNX student.
+
+Top-down, as in evaluation: each person box becomes a crop (aspect 3:4, padded 1.25)
+warped with the codec's affine to the model's input size (read from the ONNX file), then
+`sdpose.evaluation.inference` runs the path validation and evaluation run: the flip test,
+DARK, image pixels, rescoring and OKS-NMS. The network is any callable from crops to
+heatmaps, so the tests (a network replaced by ground-truth heatmaps) run this very path.
+
+Shapes: N persons, K keypoints, C cycles, Hi x Wi input, H x W heatmap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from sdpose.config import EvaluateParams, Params
+from sdpose.core.codec import HeatmapCodec
+from sdpose.core.inputs import center_scale, normalize_images
+from sdpose.evaluation.inference import HeatmapRunner, InferenceError, Predictions, predict_crops
+
+DEFAULT_MODEL = Path("models/export/sdpose-student.onnx")
+RESULTS_NAME = "keypoints.json"
+BATCH = 16  # persons per network call (twice that with the flip test)
+
+
+class PredictError(ValueError):
+    """Input that cannot be predicted on; the message names the file, record and field."""
+
+
+@dataclass(frozen=True)
+class PersonBoxes:
+    """The person boxes of one image: bbox (N, 4) xywh in image pixels, score (N,)."""
+
+    bbox: np.ndarray
+    score: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    def center_scale(self) -> tuple[np.ndarray, np.ndarray]:
+        """Crop windows (N, 2) center and (N, 2) scale, as `prepare` computes them."""
+        pairs = [center_scale(box) for box in self.bbox]
+        center = np.array([c for c, _ in pairs], dtype=np.float64).reshape(-1, 2)
+        return center, np.array([s for _, s in pairs], dtype=np.float64).reshape(-1, 2)
+
+
+# ------------------------------------------------------------------------ inputs
+def read_image(path: Path) -> np.ndarray:
+    """An image file as RGB uint8 (H, W, 3); PredictError when it cannot be decoded."""
+    path = Path(path)
+    if not path.is_file():
+        raise PredictError(f"{path}: image file not found")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise PredictError(f"{path}: not a readable image (OpenCV cannot decode it)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def image_id_of(path: Path, position: int) -> int:
+    """COCO names images by id (000000000785.jpg -> 785); other names get their position."""
+    stem = Path(path).stem
+    return int(stem) if stem.isdigit() else position
+
+
+def load_person_boxes(
+    path: Path, images: dict[int, tuple[Path, int, int]], score_thr: float = 0.0
+) -> dict[int, PersonBoxes]:
+    """Detector boxes (COCO results json) of the given images -> image id -> PersonBoxes.
+
+    `images`: image id -> (file, width, height). Records of other images are ignored (a
+    detections file usually covers a whole val set); non-person records and scores below
+    `score_thr` are dropped; a malformed record or a box with no pixel inside its image is
+    an error naming the file, the record and the field.
+    """
+    from sdpose.data.coco import DataError, load_detections
+
+    try:
+        records = load_detections(Path(path))
+    except DataError as error:
+        raise PredictError(str(error)) from None
+    found: dict[int, list[tuple[list[float], float]]] = {image_id: [] for image_id in images}
+    for index, record in enumerate(records):
+        image_id = record["image_id"]
+        if image_id not in images or record.get("category_id", 1) != 1:
+            continue
+        bbox, score = _checked_box(record, f"{path}: record {index}", images[image_id])
+        if score >= score_thr:
+            found[image_id].append((bbox, score))
+    return {
+        image_id: PersonBoxes(
+            np.array([b for b, _ in boxes], dtype=np.float64).reshape(-1, 4),
+            np.array([s for _, s in boxes], dtype=np.float64),
+        )
+        for image_id, boxes in found.items()
+    }
+
+
+def _checked_box(record: dict, where: str, image: tuple[Path, int, int]) -> tuple[list, float]:
+    file, width, height = image
+    bbox, score = record["bbox"], record["score"]
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        raise PredictError(f"{where}: 'bbox' must be [x, y, w, h], got {bbox!r}")
+    # numpy would read true as 1.0 and "0.9" as 0.9: a detector writes numbers.
+    for field, value in (*(("bbox", v) for v in bbox), ("score", score)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise PredictError(f"{where}: '{field}' must hold numbers, found {value!r}")
+    values = np.asarray([*bbox, score], dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise PredictError(f"{where}: 'bbox' or 'score' holds NaN or infinity: {bbox!r}")
+    x, y, w, h = values[:4]
+    if w <= 0 or h <= 0:
+        raise PredictError(f"{where}: 'bbox' width and height must be positive: {bbox!r}")
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        raise PredictError(
+            f"{where}: 'bbox' {bbox!r} lies outside image {file.name} ({width} x {height})"
+        )
+    return values[:4].tolist(), float(values[4])
+
+
+def whole_image_box(width: int, height: int) -> PersonBoxes:
+    """No detections: the whole image is one person box, score 1."""
+    return PersonBoxes(np.array([[0.0, 0.0, float(width), float(height)]]), np.ones(1))
+
+
+# ------------------------------------------------------------------------ top-down core
+def crop_people(
+    image: np.ndarray, center: np.ndarray, scale: np.ndarray, codec: HeatmapCodec
+) -> np.ndarray:
+    """RGB image (H, W, 3) uint8 -> normalised crops (N, 3, Hi, Wi) float32, as the feed's."""
+    in_h, in_w = codec.input_size
+    bgr = np.ascontiguousarray(image[..., ::-1])
+    warped = [
+        cv2.warpAffine(bgr, matrix, (in_w, in_h), flags=cv2.INTER_LINEAR)
+        for matrix in codec.affine_matrix(center, scale).reshape(-1, 2, 3)
+    ]
+    if not warped:
+        return np.zeros((0, 3, in_h, in_w), dtype=np.float32)
+    return normalize_images(np.stack(warped))
+
+
+def predict_people(
+    image: np.ndarray,
+    boxes: PersonBoxes,
+    runner: HeatmapRunner,
+    codec: HeatmapCodec,
+    flip: bool = True,
+    method: str = "dark",
+) -> np.ndarray:
+    """Keypoints (C, N, K, 3) in image pixels of the boxes of one image (C = 1 for a student)."""
+    center, scale = boxes.center_scale()
+    settings = EvaluateParams(flip_test=flip, decode=method)
+    parts = []
+    for start in range(0, len(boxes), BATCH):
+        window = slice(start, start + BATCH)
+        crops = crop_people(image, center[window], scale[window], codec)
+        try:
+            found = predict_crops(runner, crops, center[window], scale[window], codec, settings)
+        except InferenceError as error:
+            raise PredictError(str(error)) from None
+        parts.append(found)
+    return np.concatenate(parts, axis=-3)
+
+
+# ------------------------------------------------------------------------ ONNX model
+def onnx_runner(
+    path: Path, runtime: str = "auto", threads: int = 0
+) -> tuple[HeatmapRunner, HeatmapCodec]:
+    """The ONNX file on `runtime` as a runner, and the codec of its input and output sizes.
+
+    `runtime` "auto": the one its model card names (the faster measured at export), else
+    onnxruntime; a runtime that is not installed is an error naming the extra to install.
+    """
+    from sdpose.deploy.runtimes import RuntimeUnavailableError, open_session, resolve_runtime
+
+    path = Path(path)
+    if not path.is_file():
+        raise PredictError(f"{path}: ONNX model not found; run `sdpose export` or pass --model")
+    chosen = resolve_runtime(runtime, path)
+    try:
+        session = open_session(path, chosen, threads)
+    except RuntimeUnavailableError:
+        raise
+    except Exception as error:  # each runtime raises its own exception types
+        raise PredictError(f"{path}: not a loadable ONNX model on {chosen} ({error})") from error
+    in_shape, out_shape = session.input_shape, session.output_shape
+    if len(in_shape) != 4 or in_shape[1] != 3 or len(out_shape) != 4:
+        raise PredictError(
+            f"{path}: expected input N x 3 x H x W and output N x K x h x w heatmaps, got "
+            f"{list(in_shape)} -> {list(out_shape)}"
+        )
+    codec = HeatmapCodec(input_size=tuple(in_shape[2:]), heatmap_size=tuple(out_shape[2:]))
+    return session.run, codec  # torch tensors on the CPU work too
+
+
+def resolve_model(
+    model: str | Path | None, params: Params, workdir: Path, int8: bool = False
+) -> Path:
+    """A local ONNX file from a path, a `models:/...` registry URI, or the default export;
+    `int8`: that model's int8 form (the file beside it, or the version's int8 artifact)."""
+    from sdpose.deploy.quantize import int8_path
+
+    if str(model).startswith("models:/"):
+        from sdpose.deploy.registry import RegistryError, load_onnx
+
+        try:
+            return load_onnx(params, workdir, str(model), form="int8" if int8 else "fp32")
+        except RegistryError as error:  # a version or form that is not there: bad input
+            raise PredictError(str(error)) from None
+    path = Path(workdir) / DEFAULT_MODEL if model is None else Path(model)
+    if int8:
+        path = int8_path(path)
+        if not path.is_file():
+            raise PredictError(f"{path}: no int8 form beside the model; run `sdpose export`")
+    return path
+
+
+# ------------------------------------------------------------------------ the command
+def predict(
+    images: Sequence[Path],
+    boxes: Path | None,
+    model: str | Path | None,
+    out_dir: Path,
+    params: Params,
+    workdir: Path | None = None,
+    runtime: str | None = None,
+    int8: bool = False,
+) -> dict[str, Any]:
+    """Predict every person in `images`; write COCO results json and one overlay PNG each.
+
+    `boxes`: a COCO detection-results json (image ids from COCO file names), or None for
+    the whole image as one box. `runtime`: onnxruntime, openvino or auto (default
+    `export.runtime`); `int8`: the model's int8 form. Returns {results, overlays, images,
+    instances, model, runtime}.
+    """
+    from sdpose.deploy.runtimes import resolve_runtime
+
+    workdir = Path.cwd() if workdir is None else Path(workdir)
+    check_out_dir(out_dir)  # before the model loads: a bad --out should not cost a minute
+    model_path = resolve_model(model, params, workdir, int8)
+    chosen = resolve_runtime(runtime or params.export.runtime, model_path)
+    runner, codec = onnx_runner(model_path, chosen)
+    summary = predict_with_runner(images, boxes, runner, codec, out_dir, params)
+    return {**summary, "model": str(model_path), "runtime": chosen}
+
+
+def predict_with_runner(
+    images: Sequence[Path],
+    boxes: Path | None,
+    runner: HeatmapRunner,
+    codec: HeatmapCodec,
+    out_dir: Path,
+    params: Params,
+) -> dict[str, Any]:
+    """`predict` with any network: the whole path from image files to results and PNGs."""
+    from sdpose.evaluation.coco_ap import write_results
+
+    if not images:
+        raise PredictError("no images given")
+    check_out_dir(out_dir)
+    loaded = list(_load_images(images))
+    sizes = {image_id: (path, rgb.shape[1], rgb.shape[0]) for path, image_id, rgb in loaded}
+    detections = load_person_boxes(boxes, sizes, params.evaluate.det_score_thr) if boxes else {}
+    settings = params.evaluate
+    found, without_boxes = Predictions(), []
+    for path, image_id, rgb in loaded:
+        people = detections.get(image_id) if boxes else whole_image_box(rgb.shape[1], rgb.shape[0])
+        if not people:
+            without_boxes.append(str(path))
+            continue
+        keypoints = predict_people(rgb, people, runner, codec, settings.flip_test, settings.decode)
+        _, scale = people.center_scale()
+        found.add_people([image_id] * len(people), keypoints[0], people.score, scale)
+    results = found.results(settings)
+    out_dir = Path(out_dir)
+    results_path = write_results(results, out_dir / RESULTS_NAME)
+    overlays = [
+        _write_overlay(rgb, image_id, path, results, out_dir, settings.vis_thr)
+        for path, image_id, rgb in loaded
+    ]
+    return {
+        "results": str(results_path),
+        "overlays": [str(path) for path in overlays],
+        "images": len(loaded),
+        "instances": len(results),
+        "image_ids": {str(path): image_id for path, image_id, _ in loaded},
+        "images_without_boxes": without_boxes,
+    }
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """`--out` must be a folder or creatable as one: an existing file in its way is an error
+    now, not a FileExistsError after every image was predicted."""
+    for path in (Path(out_dir), *Path(out_dir).parents):
+        if path.exists():
+            if not path.is_dir():
+                raise PredictError(
+                    f"{path}: is a file; --out {out_dir} must be a folder for the results "
+                    "and overlays"
+                )
+            return
+
+
+def _load_images(images: Sequence[Path]) -> Iterator[tuple[Path, int, np.ndarray]]:
+    seen: dict[int, Path] = {}
+    for position, path in enumerate(images):
+        path = Path(path)
+        image_id = image_id_of(path, position)
+        if image_id in seen:
+            raise PredictError(f"{path}: same image id {image_id} as {seen[image_id]}")
+        seen[image_id] = path
+        yield path, image_id, read_image(path)
+
+
+def _write_overlay(
+    rgb: np.ndarray, image_id: int, path: Path, results: list[dict], out_dir: Path, vis_thr: float
+) -> Path:
+    """The image with every person whose instance score passes `vis_thr` drawn on it."""
+    from sdpose.evaluation.visualize import draw_poses
+
+    people = [r for r in results if r["image_id"] == image_id and r["score"] > vis_thr]
+    keypoints = np.array([r["keypoints"] for r in people], dtype=np.float64).reshape(-1, 17, 3)
+    canvas = draw_poses(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), keypoints, score_thr=vis_thr)
+    target = out_dir / f"{path.stem}_pose.png"
+    if not cv2.imwrite(str(target), canvas):
+        raise OSError(f"{target}: could not write the overlay image")
+    return target

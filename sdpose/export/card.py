@@ -1,0 +1,123 @@
+"""The model card: what a deployer needs to trust and call the exported file.
+
+Origin (checkpoint, epoch, DVC data version, git commit, training params), cost (params,
+GFLOPs), accuracy (the evaluate stage's student metrics), the file's ONNX facts and its
+input/output contract. The export stage adds the `deploy` section (sdpose.export.forms).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from sdpose.core.inputs import IMAGENET_MEAN, IMAGENET_STD
+from sdpose.core.paths import TRAIN_MODELS
+from sdpose.export.onnx import INPUT_NAME, OUTPUT_NAME
+
+NORMALISATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+def model_card(
+    model: nn.Module,
+    checkpoint: dict[str, Any],
+    source: str,
+    evaluation: dict[str, Any] | None,
+    workdir: Path,
+    export_info: dict[str, Any],
+) -> dict[str, Any]:
+    """What a deployer needs to trust and call the file: origin, cost, accuracy, contract."""
+    from sdpose.models.cost import model_info
+
+    config = model.config
+    info = model_info(config)
+    student = (evaluation or {}).get("student", {})
+    return {
+        "model_name": "sdpose-student",
+        "preset": config.name,
+        "training_cycles": config.cycles,
+        "exported_cycles": 1,
+        "architecture": config.to_dict(),
+        "params": info["params"],
+        "gflops": info["gflops"],
+        "gflops_with_attention": info["gflops_with_attention"],
+        "gflops_deployed": info["gflops_deployed"],  # this file's graph, attention included
+        "student_ap": student.get("AP"),
+        "student_metrics": student or None,
+        "source_checkpoint": source,
+        "epoch": checkpoint.get("epoch"),
+        "data_version": dvc_data_version(workdir),
+        "git_commit": git_commit(workdir),
+        "training_params": _training_params(checkpoint, workdir),
+        "onnx": {
+            key: export_info[key]
+            for key in ("opset", "nodes", "max_abs_diff", "parity", "atol")
+            if key in export_info
+        },
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["N", 3, *config.input_size],
+            "dtype": "float32",
+            "layout": "NCHW, RGB, (pixel / 255 - mean) / std",
+            **NORMALISATION,
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": ["N", config.num_keypoints, *config.heatmap_size],
+            "dtype": "float32",
+            "meaning": "COCO-17 heatmaps; heatmap pixel = input pixel / 4; decode with DARK",
+        },
+    }
+
+
+def _training_params(checkpoint: dict[str, Any], workdir: Path) -> dict[str, Any] | None:
+    """The model and train sections the checkpoint was made with (its own record first)."""
+    recorded = checkpoint.get("params")
+    if not isinstance(recorded, dict):
+        recorded = read_json(workdir / TRAIN_MODELS / "config.json") or {}
+        recorded = recorded.get("params", recorded)
+    if not isinstance(recorded, dict):
+        return None
+    sections = {key: recorded[key] for key in ("model", "train") if key in recorded}
+    return sections or recorded
+
+
+def dvc_data_version(workdir: Path) -> dict[str, str] | None:
+    """The DVC hashes of the data outputs (dvc.lock), or None outside a DVC run."""
+    import yaml
+
+    lock = workdir / "dvc.lock"
+    if not lock.is_file():
+        return None
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    version = {}
+    for stage in stages.values():
+        for out in stage.get("outs", []) or []:
+            if str(out.get("path", "")).startswith("data/") and out.get("md5"):
+                version[out["path"]] = out["md5"]
+    return version or None
+
+
+def git_commit(workdir: Path) -> str | None:
+    """HEAD of the repository holding the workdir, with `-dirty` for uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("-dirty" if status.strip() else "")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,57 @@
+"""The `sdpose` import graph, read from the source with `ast` (no module is imported).
+
+Shared by the tests that hold the layout to its rules: dvc.yaml's code deps equal each
+stage's import closure, the packages import each other without cycles, the library never
+imports the orchestration (tests/unit/test_dvc_deps.py, tests/unit/test_layout.py).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of an `sdpose` module or package; None for names that are not."""
+    base = REPO / name.replace(".", "/")
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def imported_names(path: Path, roots: tuple[str, ...] = ("sdpose",)) -> set[str]:
+    """Every module name under `roots` that `path` imports (`from m import x`: m and m.x)."""
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    package = parts[:-1]  # a module's package; for __init__.py the package itself
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = package[: len(package) - node.level + 1]
+                module = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            names.add(module)
+            names |= {f"{module}.{alias.name}" for alias in node.names}
+    return {name for name in names if name.split(".")[0] in roots}
+
+
+def stage_code(entry: str) -> set[str]:
+    """Repository paths of the closure of `entry`'s imports (packages' __init__ included)."""
+    seen: set[Path] = set()
+    todo = [entry]
+    while todo:
+        name = todo.pop()
+        path = module_file(name)
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        todo += sorted(imported_names(path))
+    return {str(path.relative_to(REPO)) for path in seen}

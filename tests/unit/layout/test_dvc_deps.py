@@ -1,0 +1,37 @@
+"""dvc.yaml's code deps are the code each stage runs: no more, no less.
+
+A stage's code is the closure of `sdpose` modules its entry module (`sdpose.cli.STAGES`)
+imports, at module level or inside functions, read from the source with `ast`. A module
+missing from the deps would let `dvc repro` keep a stale output after a change; an extra
+one would rerun a stage that a change cannot affect.
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from import_graph import REPO, stage_code
+
+from sdpose.cli import STAGES
+
+pytestmark = pytest.mark.unit
+
+
+def declared_code(stage: dict) -> set[str]:
+    deps = [str(dep).split()[0] for dep in stage.get("deps", [])]
+    return {dep for dep in deps if dep.startswith("sdpose/")}
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_each_stage_depends_on_exactly_the_code_it_imports(stage: str) -> None:
+    declared = declared_code(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage])
+    imported = stage_code(STAGES[stage][0])
+    assert not imported - declared, f"dvc.yaml {stage}: add to deps {sorted(imported - declared)}"
+    assert not declared - imported, f"dvc.yaml {stage}: not imported {sorted(declared - imported)}"
+
+
+def test_the_import_reader_follows_lazy_and_relative_imports() -> None:
+    code = stage_code("sdpose.training")
+    assert "sdpose/training/loop.py" in code  # imported by the package's __init__
+    assert "sdpose/ray_runtime.py" in code  # imported inside a function of launcher.py
+    assert "sdpose/export/stage.py" not in code  # training never reaches the export stage
