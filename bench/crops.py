@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from sdpose.config import Params
-from sdpose.data import crops, feed
+from sdpose.data import crop_rows, crops, feed
 from sdpose.data.manifest import write_manifest
 
 CPUS = 2
@@ -123,9 +123,9 @@ def opencv_loop(workdir: Path, params: Params, out: Path) -> int:
     rows = 0
     for split in ("train", "val"):
         manifest = workdir / "data" / "prepared" / f"{split}.parquet"
-        table = pq.read_table(manifest, columns=crops.MANIFEST_COLUMNS).sort_by("image_id")
+        table = pq.read_table(manifest, columns=crop_rows.MANIFEST_COLUMNS).sort_by("image_id")
         image_root = crops.manifest_image_root(manifest, workdir)
-        cropped, _ = crops.crop_rows(table, image_root, params.crops)
+        cropped, _ = crop_rows.crop_rows(table, image_root, params.crops)
         (out / split).mkdir(parents=True, exist_ok=True)
         size = params.crops.rows_per_shard
         options = crops.parquet_write_options(params.crops.encoding)

@@ -27,7 +27,7 @@ def imported_names(path: Path, roots: tuple[str, ...] = ("sdpose",)) -> set[str]
     parts = list(path.relative_to(REPO).with_suffix("").parts)
     package = parts[:-1]  # a module's package; for __init__.py the package itself
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _runtime_nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -39,6 +39,25 @@ def imported_names(path: Path, roots: tuple[str, ...] = ("sdpose",)) -> set[str]
             names.add(module)
             names |= {f"{module}.{alias.name}" for alias in node.names}
     return {name for name in names if name.split(".")[0] in roots}
+
+
+def _runtime_nodes(tree: ast.AST):  # -> Iterator[ast.AST]
+    """Every node except those under `if TYPE_CHECKING:`: annotations only, never run, so
+    they neither change what a stage does nor make an import cycle."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def stage_code(entry: str) -> set[str]:

@@ -41,7 +41,7 @@ from sdpose.data.augment import (
     sample_rng,
     train_transforms,
 )
-from sdpose.data.crops import decode_crop, fixed_list_column
+from sdpose.data.crop_rows import decode_crop, fixed_list_column
 
 if TYPE_CHECKING:
     import ray.data
@@ -84,7 +84,7 @@ def check_crop_resolution(workdir: Path, codec: HeatmapCodec) -> None:
     """Refuse crops cut for another input size: their stored resolution was chosen for it.
 
     `sdpose crops` stores each crop at most at twice the model's input height
-    (`sdpose.data.crops.max_box_height`), so crops made for 128x96 would starve a 256x192 model of
+    (`sdpose.data.crop_rows.max_box_height`), so crops made for 128x96 would starve a 256x192 model of
     detail, and crops made for 256x192 cost a 128x96 feed four times the decoding.
     """
     summary = crops_summary(workdir)

@@ -11,8 +11,9 @@ every call builds its own client.
 
 The int8 form travels with its fp32 student: it is an artifact of the same run, beside the
 fp32 file in the version's `model/` folder (`load_onnx(..., form="int8")`), logged only when
-it passes the int8 gate (`int8_refusal`: its AP within `export.int8_max_ap_drop` of the fp32
-file's, its heatmaps within `export.int8_rtol` of PyTorch's). Either way the version's
+it passes the int8 gate (`sdpose.deploy.int8_gate`: its AP within
+`export.int8_max_ap_drop` of the fp32 file's, its heatmaps within `export.int8_rtol` of
+PyTorch's). Either way the version's
 `int8` tag says what happened and why. One version per trained student, not a second
 registered model: the champion alias then picks fp32 and int8 together, and a deployment
 never pairs an int8 file with another student's card.
@@ -24,16 +25,15 @@ import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sdpose.config import ConfigError, Params
 from sdpose.core.paths import CARD_NAME, EXPORT_DIR, INT8_NAME, ONNX_NAME, resolve
+from sdpose.deploy.int8_gate import Int8Candidate, int8_outcome
 
 CHAMPION = "champion"
 ARTIFACT_DIR = "model"  # run artifact folder holding the ONNX file and the model card
-FLOAT_SLACK = 1e-9  # far below an AP's resolution (one instance in a million)
 INT8_TAG = "int8"  # on every version: "registered" or why the int8 form is absent
 SQLITE_PREFIX = "sqlite:///"
 NOT_CHAMPION_TAG = "not_champion"  # on a version refused by the min_ap gate: why
@@ -44,54 +44,6 @@ REGISTRY_ROOT_ENV = "SDPOSE_REGISTRY_ROOT"
 
 class RegistryError(RuntimeError):
     """The registry cannot answer (unknown model or alias, missing artifact)."""
-
-
-@dataclass(frozen=True)
-class Int8Candidate:
-    """The int8 file of an export and what the gate reads: both ONNX APs on the same val
-    set, and the worst heatmap gap to PyTorch over the runtimes (a share of the peak)."""
-
-    path: Path
-    ap: float
-    fp32_ap: float
-    heatmap_gap: float
-
-
-def int8_refusal(params: Params, fp32_ap: float, int8_ap: float, heatmap_gap: float) -> str | None:
-    """Why an int8 file may not be registered, saying by how much it missed; None if it may.
-
-    At the limits it passes (to within float rounding: 0.42 - 0.415 is not 0.005 exactly).
-    """
-    reasons = []
-    drop, limit = fp32_ap - int8_ap, params.export.int8_max_ap_drop
-    if drop > limit + FLOAT_SLACK:
-        reasons.append(
-            f"int8 AP {int8_ap:.4f} is {drop:.4f} below fp32 {fp32_ap:.4f}, "
-            f"{drop - limit:.4f} more than export.int8_max_ap_drop {limit:g}"
-        )
-    rtol = params.export.int8_rtol
-    if heatmap_gap > rtol + FLOAT_SLACK:
-        reasons.append(
-            f"int8 heatmaps differ from PyTorch's by {heatmap_gap:.3g} of their peak, "
-            f"{heatmap_gap - rtol:.3g} more than export.int8_rtol {rtol:g}"
-        )
-    return "; ".join(reasons) or None
-
-
-def _int8_outcome(params: Params, int8: Int8Candidate | None) -> dict[str, Any]:
-    """{registered, reason} of an export's int8 file."""
-    if int8 is None:
-        return {"registered": False, "reason": "no int8 form was built"}
-    refusal = int8_refusal(params, int8.fp32_ap, int8.ap, int8.heatmap_gap)
-    if refusal:
-        return {"registered": False, "reason": f"not registered: {refusal}"}
-    return {
-        "registered": True,
-        "reason": (
-            f"registered (AP {int8.ap:.4f}, {int8.fp32_ap - int8.ap:.4f} below fp32 "
-            f"{int8.fp32_ap:.4f}; export.int8_max_ap_drop {params.export.int8_max_ap_drop:g})"
-        ),
-    }
 
 
 def registry_root(workdir: Path) -> Path:
@@ -201,13 +153,13 @@ def register_student(
         raise ValueError(f"metrics must hold a finite student_ap to register; got {metrics}")
     client = _client(params, workdir)
     name = params.registry.model_name
-    int8_outcome = _int8_outcome(params, int8)
-    files = [onnx_path] + ([int8.path] if int8 and int8_outcome["registered"] else [])
+    int8_verdict = int8_outcome(params, int8)
+    files = [onnx_path] + ([int8.path] if int8 and int8_verdict["registered"] else [])
     run_id = _log_run(client, params, workdir, files, card, metrics, val_set)
     _ensure_registered_model(client, name)
     artifact_uri = client.get_run(run_id).info.artifact_uri
     tags = {"student_ap": repr(float(metrics["student_ap"])), "val_set": val_set}
-    tags[INT8_TAG] = "registered" if int8_outcome["registered"] else int8_outcome["reason"]
+    tags[INT8_TAG] = "registered" if int8_verdict["registered"] else int8_verdict["reason"]
     if int8 is not None:
         tags["int8_ap"] = repr(float(int8.ap))
     tags |= {key: str(card[key]) for key in ("preset", "cycles", "params", "gflops") if key in card}
@@ -231,7 +183,7 @@ def register_student(
         "previous_champion": int(champion.version) if champion else None,
         "previous_champion_ap": champion_ap,
         "reason": reason,
-        "int8": int8_outcome,
+        "int8": int8_verdict,
     }
 
 

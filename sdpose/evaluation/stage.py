@@ -125,22 +125,6 @@ def model_cycles(
         )
 
 
-def onnx_student_ap(
-    params: Params, workdir: Path, onnx_path: Path, runtime: str | None = None
-) -> float:
-    """AP of an exported student on the current val set (the export's scoring of its fp32
-    and int8 files, the registry's re-measurement of a champion).
-
-    `runtime`: onnxruntime, openvino or auto (the one the file's model card names), by
-    default `export.runtime`. The codec comes from the file's own input and output shapes.
-    """
-    from sdpose.deploy.predict import onnx_runner
-
-    runner, codec = onnx_runner(onnx_path, runtime or params.export.runtime)
-    stats, _ = evaluate_cycles(runner, 1, codec, params, workdir, val_set(params, workdir))
-    return stats[0]["AP"]
-
-
 def measure_latency(
     model: nn.Module, cycles: int, batch: int = 1, repeats: int = 10, device: str = "cpu"
 ) -> float:

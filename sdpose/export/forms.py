@@ -2,7 +2,7 @@
 
 Beside the fp32 file the stage writes its int8 form (`sdpose.deploy.quantize`, calibrated on
 training crops), times both on every installed runtime (`sdpose.deploy.latency`), scores
-both on the val set with `evaluation.stage.onnx_student_ap`, and records all of it in the
+both on the val set with `deploy.scoring.onnx_student_ap`, and records all of it in the
 model card's `deploy` section; the registry keeps the int8 file only if it passes the gate.
 """
 
@@ -98,13 +98,13 @@ def _val_images(params: Params, workdir: Path, codec, count: int = 32) -> np.nda
 
 
 def _onnx_ap(params: Params, workdir: Path, path: Path, runtime: str) -> float:
-    from sdpose.evaluation.stage import onnx_student_ap
+    from sdpose.deploy.scoring import onnx_student_ap
 
     return onnx_student_ap(params, workdir, path, runtime)
 
 
 def _int8_gate(params: Params, fp32_ap: float, int8: dict[str, Any]) -> str:
-    from sdpose.deploy.registry import int8_refusal
+    from sdpose.deploy.int8_gate import int8_refusal
 
     refusal = int8_refusal(params, fp32_ap, int8["ap"], max(int8["heatmap_gap"].values()))
     return refusal or "passed"
@@ -141,9 +141,9 @@ def deploy_metrics(deployed: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def int8_candidate(deployed: dict[str, Any], onnx_path: Path):  # -> registry.Int8Candidate
+def int8_candidate(deployed: dict[str, Any], onnx_path: Path):  # -> int8_gate.Int8Candidate
+    from sdpose.deploy.int8_gate import Int8Candidate
     from sdpose.deploy.quantize import int8_path
-    from sdpose.deploy.registry import Int8Candidate
 
     int8 = deployed["forms"].get("int8")
     if int8 is None:

@@ -88,7 +88,7 @@ def _register(params, workdir, onnx_path, card, evaluation) -> dict[str, Any]:
     metrics |= deploy_metrics(card["deploy"])
 
     def score_on_current_val(champion_onnx: Path) -> float:
-        from sdpose.evaluation.stage import onnx_student_ap
+        from sdpose.deploy.scoring import onnx_student_ap
 
         return onnx_student_ap(params, workdir, champion_onnx)
 

@@ -35,8 +35,9 @@ from sdpose.core.paths import (
     resolve,
     split_paths,
 )
+from sdpose.training.checkpoints import BEST_FILE, STATE_FILE
 from sdpose.training.history import plot_history, write_history_csv, write_json
-from sdpose.training.loop import BEST_FILE, STATE_FILE, train_loop_per_worker
+from sdpose.training.loop import train_loop_per_worker
 from sdpose.training.storage import RunStorage
 
 RUN_NAME = "sdpose-train"

@@ -14,16 +14,14 @@ Shapes: N batch, K keypoints, H x W heatmap.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import math
 import random
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,28 +36,11 @@ from sdpose import console
 from sdpose.config import Params
 from sdpose.core.codec import HeatmapCodec
 from sdpose.models import build_model
-from sdpose.models.checkpoint import save_checkpoint, unwrap
+from sdpose.models.checkpoint import unwrap
 from sdpose.training import validate
+from sdpose.training.checkpoints import Progress, cpu_copy, report, restore
 from sdpose.training.losses import DistillationLoss
 from sdpose.training.schedule import WarmupStepSchedule
-
-STATE_FILE = "state.pt"  # everything a restart needs
-BEST_FILE = "best.pt"  # the best student so far (model weights only)
-
-
-@dataclass
-class Progress:
-    """The run's bookkeeping that travels in checkpoints."""
-
-    epoch: int = -1  # last finished epoch (0-based); -1 before the first
-    best_ap: float = -1.0
-    best_epoch: int = -1
-    restores: int = 0  # how many times training continued from a checkpoint
-    history: list[dict[str, float]] = field(default_factory=list)
-    workers: list[dict[str, Any]] = field(default_factory=list)  # rank, node, weights digest
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -109,7 +90,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         progress.history.append(row)
         if row["student_ap"] > progress.best_ap:
             progress.best_ap, progress.best_epoch = row["student_ap"], epoch
-            best_state = _cpu_copy(unwrap(trainee.model).state_dict())
+            best_state = cpu_copy(unwrap(trainee.model).state_dict())
         metrics = {**row, "best_student_ap": progress.best_ap, "restores": progress.restores}
         if shown:
             console.say(epoch_line(progress.history, params.train.epochs))
@@ -214,28 +195,6 @@ def build_trainee(
     amp = params.train.amp and device.type == "cuda"  # AMP on GPU only, as params.yaml says
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     return Trainee(model, optimizer, schedule, scaler, device)
-
-
-def restore(
-    trainee: Trainee, folder: Path, params: Params
-) -> tuple[Progress, dict[str, torch.Tensor]]:
-    """Load a checkpoint written by `report`; returns the progress and the best weights."""
-    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-    model = unwrap(trainee.model)
-    if state["config"] != model.config.to_dict():
-        raise ValueError(
-            f"{folder / STATE_FILE}: the checkpoint's model {state['config']} differs from "
-            f"the requested {model.config.to_dict()}; resume with the run's own parameters "
-            "or start a fresh run"
-        )
-    model.load_state_dict(state["model"])
-    trainee.optimizer.load_state_dict(state["optimizer"])  # moves its state to the device
-    trainee.schedule.load_state_dict(state["schedule"])
-    trainee.scaler.load_state_dict(state["scaler"])
-    best = torch.load(folder / BEST_FILE, map_location="cpu", weights_only=True)["model"]
-    progress = Progress(**state["progress"])
-    progress.restores += 1
-    return progress, best
 
 
 def train_epoch(
@@ -373,56 +332,3 @@ def _all_gather(value: Any) -> list[Any]:
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, value)
     return gathered
-
-
-def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()}
-
-
-def report(
-    metrics: dict[str, float],
-    trainee: Trainee,
-    progress: Progress,
-    best_state: dict[str, torch.Tensor] | None,
-    params: Params,
-    rank: int,
-) -> None:
-    """ray.train.report on every rank; rank 0 attaches the checkpoint (epoch-NNNN)."""
-    dir_name = f"epoch-{progress.epoch:04d}"
-    if rank != 0:
-        ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=dir_name)
-        return
-    with tempfile.TemporaryDirectory(prefix="sdpose-ckpt-") as folder:
-        write_checkpoint(Path(folder), trainee, progress, best_state, params)
-        checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=dir_name)
-
-
-def write_checkpoint(
-    folder: Path,
-    trainee: Trainee,
-    progress: Progress,
-    best_state: dict[str, torch.Tensor] | None,
-    params: Params,
-) -> None:
-    """state.pt (resumable, also a loadable sdpose checkpoint) and best.pt (best student)."""
-    model = unwrap(trainee.model)
-    save_checkpoint(
-        folder / STATE_FILE,
-        model,
-        optimizer=trainee.optimizer.state_dict(),
-        schedule=trainee.schedule.state_dict(),
-        scaler=trainee.scaler.state_dict(),
-        progress=progress.to_dict(),
-        params=params.to_dict(),
-        epoch=progress.epoch,
-    )
-    best_model = build_model(model.config)
-    best_model.load_state_dict(best_state if best_state is not None else model.state_dict())
-    save_checkpoint(
-        folder / BEST_FILE,
-        best_model,
-        epoch=progress.best_epoch,
-        student_ap=progress.best_ap,
-        params=params.to_dict(),
-    )

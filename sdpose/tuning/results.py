@@ -63,7 +63,7 @@ def trial_history(latest) -> list[dict[str, float]]:
     """Every finished epoch of a trial's Ray Train run, from its latest (epoch, checkpoint)."""
     import torch
 
-    from sdpose.training.loop import STATE_FILE
+    from sdpose.training.checkpoints import STATE_FILE
 
     if latest is None:
         return []
@@ -74,8 +74,8 @@ def trial_history(latest) -> list[dict[str, float]]:
 
 def trial_row(trial, run: Path, cost: dict[str, Any], max_epochs: int) -> dict[str, Any]:
     """One row of metrics/tune.json."""
+    from sdpose.training.checkpoints import BEST_FILE
     from sdpose.training.launcher import RUN_NAME
-    from sdpose.training.loop import BEST_FILE
     from sdpose.training.storage import RunStorage
 
     storage = RunStorage.of(run, RUN_NAME, run)

@@ -29,7 +29,7 @@ from shared import REPO
 
 from sdpose.config import Params, load_params
 from sdpose.core.codec import HeatmapCodec, apply_affine
-from sdpose.data import crops, feed
+from sdpose.data import crop_rows, crops, feed
 from sdpose.data.manifest import write_manifest
 
 pytestmark = pytest.mark.integration
@@ -142,8 +142,8 @@ def test_coco_sample_gives_12_crops_that_map_back_within_half_a_pixel(coco_crops
     expected = {row["ann_id"]: row for row in coco_rows()}
     assert table.num_rows == 12 and sorted(table["ann_id"].to_pylist()) == sorted(expected)
     assert len(shards) >= 3 and all(pq.read_metadata(s).num_rows <= 5 for s in shards)
-    to_image = crops.fixed_list_column(table, "crop_to_image", 6).reshape(-1, 2, 3)
-    in_crop = crops.fixed_list_column(table, "keypoints", 51).reshape(-1, 17, 3)
+    to_image = crop_rows.fixed_list_column(table, "crop_to_image", 6).reshape(-1, 2, 3)
+    in_crop = crop_rows.fixed_list_column(table, "keypoints", 51).reshape(-1, 17, 3)
     for ann_id, matrix, keypoints in zip(
         table["ann_id"].to_pylist(), to_image, in_crop, strict=True
     ):
@@ -159,10 +159,10 @@ def test_coco_sample_gives_12_crops_that_map_back_within_half_a_pixel(coco_crops
 def test_crop_pixels_are_the_original_pixels(coco_crops):
     table, _ = read_split(coco_crops, "train")
     # a box no taller than twice the input height is stored at full resolution: exact pixels
-    full_size = crops.fixed_list_column(table, "scale", 2)[:, 1] <= 256
+    full_size = crop_rows.fixed_list_column(table, "scale", 2)[:, 1] <= 256
     assert full_size.any() and not full_size.all()
     row = table.filter(full_size).slice(0, 1).to_pylist()[0]
-    crop = crops.decode_crop(row["crop"], row["crop_height"], row["crop_width"], "raw")
+    crop = crop_rows.decode_crop(row["crop"], row["crop_height"], row["crop_width"], "raw")
     image = cv2.imread(str(COCO / "images" / f"{row['image_id']:012d}.jpg"))
     matrix = np.array(row["crop_to_image"]).reshape(2, 3)
     center_crop = (np.array(crop.shape[1::-1]) // 2).astype(float)
@@ -224,7 +224,7 @@ def test_crops_are_cut_for_the_model_input_and_refused_by_another(coco_crops):
     summary = json.loads((coco_crops / "data" / "crops" / "summary.json").read_text())
     assert summary["input_size"] == [128, 96] and summary["max_box_height"] == 256
     table, _ = read_split(coco_crops, "train")
-    scale = crops.fixed_list_column(table, "scale", 2)
+    scale = crop_rows.fixed_list_column(table, "scale", 2)
     stored = table["crop_height"].to_numpy() / (scale[:, 1] * Params().crops.context)
     # boxes taller than twice the input height are stored shrunk to that height
     assert np.all(stored[scale[:, 1] > 256] < 1) and np.all(stored[scale[:, 1] <= 256] >= 1)

@@ -13,7 +13,8 @@ from shared import COCO_SAMPLE
 
 from sdpose.config import Params
 from sdpose.core.codec import HeatmapCodec
-from sdpose.evaluation.stage import model_cycles, onnx_student_ap, run, val_batches, val_set
+from sdpose.deploy.scoring import onnx_student_ap
+from sdpose.evaluation.stage import model_cycles, run, val_batches, val_set
 from sdpose.models import build_model
 from sdpose.models.checkpoint import save_checkpoint
 from sdpose.models.outputs import CycleOutput

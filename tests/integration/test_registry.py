@@ -15,6 +15,7 @@ from shared import SHARED
 
 from sdpose.config import Params
 from sdpose.deploy import registry
+from sdpose.deploy.int8_gate import Int8Candidate
 from sdpose.export.onnx import export_onnx
 from sdpose.models import build_model
 from sdpose.models.presets import resolve_model_config
@@ -264,7 +265,7 @@ def test_the_int8_file_is_registered_with_its_version_only_within_the_ap_drop(
     students, int8_student, tmp_path
 ):
     # 0.4000 against fp32 0.4200: 0.02 down, over the default 0.005 and within 0.05.
-    candidate = registry.Int8Candidate(int8_student, ap=0.40, fp32_ap=0.42, heatmap_gap=0.03)
+    candidate = Int8Candidate(int8_student, ap=0.40, fp32_ap=0.42, heatmap_gap=0.03)
     refused = register(tmp_path, students[0], 0.42, int8=candidate)
     assert not refused["int8"]["registered"]
     assert refused["int8"]["reason"] == (

@@ -17,7 +17,7 @@ from sdpose.config import AugmentParams, CropsParams
 from sdpose.core import inputs
 from sdpose.core.codec import HeatmapCodec, apply_affine
 from sdpose.core.keypoints import FLIP_INDEX, FLIP_PAIRS
-from sdpose.data import augment, crops, feed
+from sdpose.data import augment, crop_rows, crops, feed
 from sdpose.data.manifest import SCHEMA
 from sdpose.models.presets import resolve_model_config as build_model_config
 
@@ -76,7 +76,7 @@ def dot_crops(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pa.Table]:
     rows = manifest_rows(files, [float(v) for v in bbox])
     tables = {}
     for encoding in ("raw", "jpeg"):
-        table, skipped = crops.crop_rows(rows, root, CropsParams(encoding=encoding))
+        table, skipped = crop_rows.crop_rows(rows, root, CropsParams(encoding=encoding))
         assert not skipped
         tables[encoding] = table
     return tables
@@ -159,8 +159,8 @@ def test_flip_swaps_left_and_right_labels(dot_crops):
 
 def test_crop_keypoints_map_back_through_stored_affine(dot_crops):
     table = dot_crops["raw"]
-    to_image = crops.fixed_list_column(table, "crop_to_image", 6).reshape(-1, 2, 3)
-    in_crop = crops.fixed_list_column(table, "keypoints", 51).reshape(-1, 17, 3)
+    to_image = crop_rows.fixed_list_column(table, "crop_to_image", 6).reshape(-1, 2, 3)
+    in_crop = crop_rows.fixed_list_column(table, "keypoints", 51).reshape(-1, 17, 3)
     for matrix, keypoints in zip(to_image, in_crop, strict=True):
         assert np.abs(apply_affine(keypoints[:, :2], matrix) - KEYPOINTS).max() < 1e-3
 
@@ -174,8 +174,8 @@ def test_big_box_is_downsampled_and_still_exact(tmp_path):
     rows = manifest_rows(["big.png"], [250.0, 150.0, 400.0, 900.0]).to_pylist()
     rows[0].update(width=900, height=1200)
     rows[0]["keypoints"] = [*point, 2.0] + [0.0] * 48
-    table, _ = crops.crop_rows(pa.Table.from_pylist(rows, schema=SCHEMA), tmp_path, CropsParams())
-    assert table["crop_height"][0].as_py() <= crops.MAX_BOX_HEIGHT * CropsParams().context + 1
+    table, _ = crop_rows.crop_rows(pa.Table.from_pylist(rows, schema=SCHEMA), tmp_path, CropsParams())
+    assert table["crop_height"][0].as_py() <= crop_rows.MAX_BOX_HEIGHT * CropsParams().context + 1
     sample = feed.crop_samples(table)[0]
     dot = find_dot(sample["image"])
     assert np.abs(dot - sample["keypoints"][0]).max() < 1.0
@@ -258,7 +258,7 @@ def test_unreadable_and_mismatched_images_are_skipped_with_reasons(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     rows = manifest_rows(["ok.png", "broken.jpg", "missing.jpg", "small.png"],
                          [100.0, 100.0, 50.0, 120.0])  # fmt: skip
-    table, skipped = crops.crop_rows(rows, tmp_path, CropsParams())
+    table, skipped = crop_rows.crop_rows(rows, tmp_path, CropsParams())
     assert table.num_rows == 1
     assert sorted(record["kind"] for record in skipped) == [
         "size_mismatch", "undecodable", "unreadable"]  # fmt: skip

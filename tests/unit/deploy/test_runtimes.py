@@ -14,9 +14,9 @@ from shared import REPO
 
 from sdpose.config import ConfigError, Params, load_params
 from sdpose.deploy import runtimes
+from sdpose.deploy.int8_gate import int8_refusal
 from sdpose.deploy.latency import choose_runtime, fastest
 from sdpose.deploy.predict import onnx_runner
-from sdpose.deploy.registry import int8_refusal
 from sdpose.deploy.runtimes import (
     Runtime,
     RuntimeUnavailableError,

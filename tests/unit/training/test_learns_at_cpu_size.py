@@ -17,7 +17,7 @@ from shared import COCO_SAMPLE
 
 from sdpose.config import CropsParams, Params
 from sdpose.core.codec import HeatmapCodec
-from sdpose.data import crops, feed
+from sdpose.data import crop_rows, feed
 from sdpose.data.manifest import SCHEMA
 from sdpose.data.prepare import prepare_split
 from sdpose.models import build_model
@@ -39,8 +39,8 @@ def coco_crops(params: Params) -> pa.Table:
         SAMPLE / "person_keypoints_val2017_sample.json", SAMPLE / "images", "val", workers=1
     )
     rows = pa.Table.from_pylist(prepared.rows, schema=SCHEMA)
-    height = crops.max_box_height(params.model.resolve().input_size)
-    table, skipped = crops.crop_rows(rows, SAMPLE / "images", CropsParams(), height)
+    height = crop_rows.max_box_height(params.model.resolve().input_size)
+    table, skipped = crop_rows.crop_rows(rows, SAMPLE / "images", CropsParams(), height)
     assert not skipped and table.num_rows == 12
     return table
 

@@ -1,0 +1,27 @@
+"""COCO AP of an exported ONNX file on the current val set, through the evaluation's path.
+
+The export scores its fp32 and int8 files with it; the registry re-measures a champion
+with it before a new version may take its place, so both sides meet on the same val set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sdpose.config import Params
+from sdpose.deploy.predict import onnx_runner
+from sdpose.evaluation.stage import evaluate_cycles, val_set
+
+
+def onnx_student_ap(
+    params: Params, workdir: Path, onnx_path: Path, runtime: str | None = None
+) -> float:
+    """AP of an exported student on the current val set (the export's scoring of its fp32
+    and int8 files, the registry's re-measurement of a champion).
+
+    `runtime`: onnxruntime, openvino or auto (the one the file's model card names), by
+    default `export.runtime`. The codec comes from the file's own input and output shapes.
+    """
+    runner, codec = onnx_runner(onnx_path, runtime or params.export.runtime)
+    stats, _ = evaluate_cycles(runner, 1, codec, params, workdir, val_set(params, workdir))
+    return stats[0]["AP"]
