@@ -2,7 +2,7 @@
 
 Shared by the tests that hold the layout to its rules: dvc.yaml's code deps equal each
 stage's import closure, the packages import each other without cycles, the library never
-imports the orchestration (tests/unit/test_dvc_deps.py, tests/unit/test_layout.py).
+imports the orchestration (tests/unit/layout/test_dvc_deps.py, tests/unit/layout/test_layout.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Torch-free on purpose: `sdpose.config` imports this module while validating params.yaml,
 and parameter validation must stay cheap. The paper presets read 3x256x192 crops and predict
 17x64x48 heatmaps (the official numbers each reproduces are pinned in
-tests/unit/test_presets_cost.py); the nano presets, sized for CPU training, read 128x96 and
+tests/unit/models/test_presets_cost.py); the nano presets, sized for CPU training, read 128x96 and
 predict 32x24. The sizes live here and nowhere else: the codec, the crops, the feed, the
 evaluation, the export and predict all take them from the model's config.
 """

@@ -116,7 +116,7 @@ def test_plots_show_needs_no_network(reproduced: tuple[Path, str], tmp_path: Pat
 def test_touching_a_module_stales_exactly_the_stages_that_import_it(
     reproduced: tuple[Path, str], module: str
 ) -> None:
-    """dvc.yaml's code deps are each stage's imports (tests/unit/test_dvc_deps.py); here DVC
+    """dvc.yaml's code deps are each stage's imports (tests/unit/layout/test_dvc_deps.py); here DVC
     itself must see a changed module as changing exactly those stages, and no others."""
     workdir, _ = reproduced
     stages = yaml.safe_load((workdir / "dvc.yaml").read_text())["stages"]

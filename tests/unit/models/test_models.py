@@ -45,7 +45,11 @@ def test_eval_runs_exactly_one_cycle_and_train_runs_all():
     images = _images(1)
     with torch.no_grad():
         assert len(model.train()(images)) == model.config.cycles == 2
-        assert len(model.eval()(images)) == 1
+        (student,) = model.eval()(images)
+        all_cycles = model(images, cycles=model.config.cycles)
+    # the eval forward is the first cycle of the training forward, nothing less or more
+    torch.testing.assert_close(student.heatmaps, all_cycles[0].heatmaps, rtol=0, atol=0)
+    assert (all_cycles[1].heatmaps - student.heatmaps).abs().max() > 1e-6
 
 
 @pytest.mark.parametrize("cycles", [1, 3, 4])
@@ -53,7 +57,10 @@ def test_explicit_cycles_run_that_many_in_both_modes(cycles):
     model = build_model("sdpose-nano")
     with torch.no_grad():
         for mode in (True, False):
-            assert len(model.train(mode)(_images(1), cycles=cycles)) == cycles
+            outputs = model.train(mode)(_images(1), cycles=cycles)
+            assert len(outputs) == cycles
+            assert all(o.heatmaps.shape == (1, 17, *model.config.heatmap_size) for o in outputs)
+            assert all(torch.isfinite(o.heatmaps).all() for o in outputs)
 
 
 def test_invalid_cycles_are_refused():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import cv2
 import pytest
 
 from sdpose.training.history import (
@@ -40,7 +41,17 @@ def test_csv_round_trip_orders_rows_by_epoch(tmp_path) -> None:
         assert next(csv.reader(handle))[0] == "epoch"  # DVC plots: x = epoch
 
 
-def test_plot_writes_a_png(tmp_path) -> None:
-    path = tmp_path / "reports" / "train_curves.png"
-    plot_history([_row(0), _row(1)], path)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_plot_draws_the_rows_it_is_given(tmp_path) -> None:
+    """The PNG decodes, has curves on it, and changes when the history does."""
+    rising, falling = tmp_path / "rising.png", tmp_path / "falling.png"
+    plot_history([_row(0), _row(1), _row(2)], rising)
+    flipped = [_row(2) | {"epoch": 0}, _row(1), _row(0) | {"epoch": 2}]
+    plot_history(flipped, falling)
+    images = [cv2.imread(str(path)) for path in (rising, falling)]
+    for image in images:
+        assert image is not None and image.shape[0] > 200 and image.shape[1] > 200
+        drawn = (image < 200).any(axis=2).mean()  # axes, labels and curves on white
+        assert 0.01 < drawn < 0.5
+        coloured = (image.max(axis=2).astype(int) - image.min(axis=2)) > 60
+        assert coloured.sum() > 100  # the curves are coloured lines, not only black axes
+    assert images[0].shape == images[1].shape and (images[0] != images[1]).any()
