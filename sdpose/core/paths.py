@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 # The stages' fixed outputs, relative to the working folder (docs/ARCHITECTURE.md).
+SYNTH_DIR = Path("data/raw/synth")
+PREPARED_DIR = Path("data/prepared")
 CROPS_DIR = Path("data/crops")
 TRAIN_MODELS = Path("models/train")
 TUNE_MODELS = Path("models/tune")
@@ -33,6 +35,7 @@ EXPORT_DIR = Path("models/export")
 ONNX_NAME = "sdpose-student.onnx"
 INT8_NAME = "sdpose-student.int8.onnx"
 CARD_NAME = "model_card.json"
+REGISTRY_DOWNLOADS = Path("models/registry")  # registered files fetched for predict
 # the checkpoints that evaluate scores and export chooses from, by the stage that made them
 CANDIDATES = {"train": TRAIN_MODELS / "best.pt", "tune": TUNE_MODELS / "best.pt"}
 

@@ -32,6 +32,8 @@ from ray.data.datasource import FilenameProvider
 from sdpose import console
 from sdpose.config import CropsParams, Params
 from sdpose.core.paths import (
+    CROPS_DIR,
+    PREPARED_DIR,
     remove_abandoned_staging,
     resolve,
     staged_directory,
@@ -156,8 +158,8 @@ def run(params: Params, workdir: Path) -> dict[str, Any]:
     from sdpose.ray_runtime import ray_session
 
     workdir = Path(workdir)
-    manifests = find_manifests(workdir / "data" / "prepared")
-    out_root = workdir / "data" / "crops"
+    manifests = find_manifests(workdir / PREPARED_DIR)
+    out_root = workdir / CROPS_DIR
     remove_abandoned_staging(out_root)
     input_size = params.model.resolve().input_size
     max_height = max_box_height(input_size)

@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from sdpose.core.codec import HeatmapCodec, apply_affine, invert_affine
 from sdpose.core.inputs import normalize_images
+from sdpose.core.paths import CROPS_DIR
 from sdpose.config import AugmentParams, Params
 from sdpose.data.augment import (
     AffineToInput,
@@ -64,7 +65,7 @@ def sample_bytes(codec: HeatmapCodec) -> int:
 
 def crop_shards(workdir: Path, split: str) -> list[str]:
     """The shard files of a split, refusing output that `sdpose crops` did not finish."""
-    root = Path(workdir) / "data" / "crops"
+    root = Path(workdir) / CROPS_DIR
     if split not in crops_summary(workdir).get("splits", {}):
         raise FileNotFoundError(f"{root / 'summary.json'}: no split {split!r}; run `sdpose crops`")
     return [str(path) for path in sorted((root / split).glob("part-*.parquet"))]
@@ -72,7 +73,7 @@ def crop_shards(workdir: Path, split: str) -> list[str]:
 
 def crops_summary(workdir: Path) -> dict:
     """`data/crops/summary.json`, written last by `sdpose crops`."""
-    summary = Path(workdir) / "data" / "crops" / "summary.json"
+    summary = Path(workdir) / CROPS_DIR / "summary.json"
     if not summary.exists():
         raise FileNotFoundError(
             f"{summary} missing: crops are absent or incomplete; run `sdpose crops`"

@@ -21,7 +21,13 @@ import numpy as np
 
 from sdpose import console
 from sdpose.config import Params
-from sdpose.core.paths import remove_abandoned_staging, resolve, split_paths, staged_directory
+from sdpose.core.paths import (
+    PREPARED_DIR,
+    remove_abandoned_staging,
+    resolve,
+    split_paths,
+    staged_directory,
+)
 from sdpose.data.coco import (
     DEFECT_REASONS,
     DataError,
@@ -39,7 +45,6 @@ from sdpose.data.coco import (
 from sdpose.data.manifest import SCHEMA_VERSION, write_manifest
 from sdpose.core.inputs import center_scale
 
-PREPARED_DIR = Path("data/prepared")
 SPLITS = ("train", "val")
 
 

@@ -4,7 +4,7 @@ Writes `data/raw/synth/images/*.jpg` and `annotations/person_keypoints_{train,va
 with COCO's schema and person category. Each image is seeded from (seed, split, index)
 alone, so the output is the same for any number of worker processes; generation runs on a
 process pool over chunks of image indices. The whole tree is built under a temporary name
-and swapped in at the end (`atomic.staged_directory`), so an interrupted run never leaves a
+and swapped in at the end (`sdpose.core.paths.staged_directory`), so an interrupted run never leaves a
 complete-looking dataset.
 
 Labelling choices (documented because COCO's guide leaves room): v=2 visible, v=1 inside
@@ -30,11 +30,10 @@ import cv2
 import numpy as np
 
 from sdpose.config import Params
-from sdpose.core.paths import staged_directory
+from sdpose.core.paths import SYNTH_DIR, staged_directory
 from sdpose.core.keypoints import PERSON_CATEGORY
 from sdpose.data.synth_scene import render_scene
 
-SYNTH_DIR = Path("data/raw/synth")
 SPLIT_CODES = {"train": 0, "val": 1}
 # Image ids of val start here so both splits can share one images/ folder, as COCO's do.
 VAL_ID_BASE = 1_000_000_000

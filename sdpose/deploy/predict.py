@@ -22,9 +22,10 @@ import numpy as np
 from sdpose.config import EvaluateParams, Params
 from sdpose.core.codec import HeatmapCodec
 from sdpose.core.inputs import center_scale, normalize_images
+from sdpose.core.paths import EXPORT_DIR, ONNX_NAME
 from sdpose.evaluation.inference import HeatmapRunner, InferenceError, Predictions, predict_crops
 
-DEFAULT_MODEL = Path("models/export/sdpose-student.onnx")
+DEFAULT_MODEL = EXPORT_DIR / ONNX_NAME
 RESULTS_NAME = "keypoints.json"
 BATCH = 16  # persons per network call (twice that with the flip test)
 

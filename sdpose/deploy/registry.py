@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from sdpose.config import ConfigError, Params
-from sdpose.core.paths import CARD_NAME, EXPORT_DIR, INT8_NAME, ONNX_NAME, resolve
+from sdpose.core.paths import (
+    CARD_NAME,
+    EXPORT_DIR,
+    INT8_NAME,
+    ONNX_NAME,
+    REGISTRY_DOWNLOADS,
+    resolve,
+)
 from sdpose.deploy.int8_gate import Int8Candidate, int8_outcome
 
 CHAMPION = "champion"
@@ -304,7 +311,7 @@ def load_onnx(params: Params, workdir: Path, version_or_uri: str | int, form: st
     else:
         import mlflow.artifacts
 
-        destination = Path(workdir) / "models" / "registry" / f"{version.name}-v{version.version}"
+        destination = Path(workdir) / REGISTRY_DOWNLOADS / f"{version.name}-v{version.version}"
         destination.mkdir(parents=True, exist_ok=True)
         folder = Path(
             mlflow.artifacts.download_artifacts(

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from sdpose.core.keypoints import NUM_KEYPOINTS
-from sdpose.core.paths import TUNE_METRICS, resolve
+from sdpose.core.paths import PREPARED_DIR, TUNE_METRICS, resolve
 
 GRID_IMAGES = 8
 STAT_COLUMNS = ("AP", "AP50", "AP75", "APm", "APl", "AR")
@@ -122,7 +122,7 @@ def prediction_grid(
     from sdpose.data.manifest import read_manifest
     from sdpose.evaluation.visualize import draw_poses, image_grid
 
-    manifest = Path(workdir) / "data" / "prepared" / f"{split}.parquet"
+    manifest = Path(workdir) / PREPARED_DIR / f"{split}.parquet"
     if not results or not manifest.is_file():
         return None
     table, image_root = read_manifest(manifest)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sdpose.config import Params
-from sdpose.core.paths import CANDIDATES, TUNE_METRICS, resolve
+from sdpose.core.paths import CANDIDATES, REPORTS_DIR, TUNE_METRICS, resolve
 
 EXPERIMENT_NAME = "sdpose-tune"
 # The trial's driver only waits on its Train run: no CPU (a fraction would leave Ray Data
@@ -54,7 +54,7 @@ class TunePaths:
             experiment=storage / EXPERIMENT_NAME,
             metrics=workdir / TUNE_METRICS,
             best_model=workdir / CANDIDATES["tune"],
-            pareto=workdir / "reports" / "tune_pareto.png",
+            pareto=workdir / REPORTS_DIR / "tune_pareto.png",
             artifacts=registry_root(workdir) / "mlartifacts",  # next to the tracking store
         )
 
