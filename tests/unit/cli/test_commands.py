@@ -23,8 +23,8 @@ def test_the_orchestration_commands_come_from_the_entry_point() -> None:
         assert parser.parse_args([name]).handler.__module__ == "sdpose.cli"
 
 
-def test_parsing_the_pipeline_command_does_not_import_the_flow() -> None:
-    sys.modules.pop("pipelines.flow", None)
+def test_parsing_the_pipeline_command_does_not_import_the_flow(monkeypatch) -> None:
+    monkeypatch.delitem(sys.modules, "pipelines.flow", raising=False)  # restored afterwards
     args = cli.build_parser().parse_args(["pipeline", "--set", "train.epochs=1"])
     assert args.handler.__module__ == "pipelines.commands"
     assert "pipelines.flow" not in sys.modules  # Prefect loads only when a run starts
