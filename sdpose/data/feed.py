@@ -3,16 +3,19 @@
 train: read shards -> map_batches(decode crop, random shift/flip/half-body/scale/rotation,
 warp to the model's input size, normalise, encode heatmap targets). The dataset is lazy, so every pass
 re-executes the random step: Ray Train's `get_dataset_shard("train").iter_torch_batches()`
-in each epoch gets fresh augmentation without materialising anything (Ray's guidance for
-random transforms); memory is bounded by Ray's object-store budget, not the dataset size.
+in each epoch gets fresh augmentation without materialising it (Ray's guidance for random
+transforms). A split small enough keeps its stored crop rows in the object store, so a pass
+starts at the augmentation (`_train_rows`); a larger one streams from the files, bounded by
+Ray's object-store budget, not the dataset size.
 
 Seeding: sample i of epoch e draws from rng(train.seed, e, ann_id_i), so a sample's
 augmentation repeats exactly whatever the block layout or worker count. e = `epoch` + the
 number of earlier complete passes over this Dataset object (Ray Data's own execution index,
 which it also uses to reseed file shuffles). Build with `epoch=start_epoch` when resuming
 (also after a Ray Train worker-group restart: pass a callable that rebuilds it); `take` or
-`show` on the same object count as passes. Shard order is shuffled per pass; rows within a
-shard come grouped by image, so consumers should mix with `local_shuffle_buffer_size`.
+`show` on the same object count as passes. The order (of shards, or of a cached split's
+blocks) is reseeded per pass; rows within a block come grouped by image, so consumers should
+mix with `local_shuffle_buffer_size`.
 
 Batch columns: images (N, 3, Hi, Wi) float32 ImageNet-normalised RGB, target (N, 17, H, W)
 float32, target_weight (N, 17) float32, ann_id (N,) int64; validation adds center, scale

@@ -33,7 +33,14 @@ from torch import nn
 
 from sdpose.config import Params
 from sdpose.core.codec import HeatmapCodec
-from sdpose.core.paths import CANDIDATES, EVAL_METRICS, REPORTS_DIR, resolve, split_paths
+from sdpose.core.paths import (
+    CANDIDATES,
+    EVAL_METRICS,
+    REPORTS_DIR,
+    resolve,
+    split_paths,
+    write_text_atomic,
+)
 from sdpose.evaluation import inference
 
 BATCH_ROWS = 32
@@ -206,8 +213,7 @@ def run(params: Params, workdir: Path) -> dict[str, Any]:
         "models": models,
     }
     metrics_path = workdir / EVAL_METRICS
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics_path.write_text(json.dumps(evaluation, indent=2) + "\n")
+    write_text_atomic(metrics_path, json.dumps(evaluation, indent=2) + "\n")
     report = write_report(evaluation, drawings[best], workdir, workdir / REPORTS_DIR)
     return {
         "metrics": str(metrics_path),

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sdpose.core.paths import write_text_atomic
+
 # Leading columns in a fixed order; loss terms (one per cycle) follow, then the rest.
 LEADING_COLUMNS = ("epoch", "iterations", "lr", "student_ap", "teacher_ap", "samples_per_s",
                    "epoch_time_s")  # fmt: skip
@@ -49,8 +51,7 @@ def read_history_csv(path: Path) -> list[dict[str, float]]:
 
 
 def write_json(summary: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
 def plot_history(rows: Sequence[dict[str, Any]], path: Path) -> None:

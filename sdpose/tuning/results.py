@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from sdpose.core.paths import write_text_atomic
 from sdpose.tuning.space import InvalidTrialConfigError, trial_params
 
 OBJECTIVE = "student_ap"
@@ -199,7 +200,7 @@ def write_results(
     best_model.parent.mkdir(parents=True, exist_ok=True)
     if best is not None:
         shutil.copyfile(best["checkpoint"], best_model)
-        (best_model.parent / "config.json").write_text(json.dumps(best, indent=2) + "\n")
+        write_text_atomic(best_model.parent / "config.json", json.dumps(best, indent=2) + "\n")
     elif best_model.exists():
         best_model.unlink()  # never leave an older search's student as this one's best
     record = {
@@ -208,8 +209,7 @@ def write_results(
         "pareto": [row["id"] for row in pareto_front(rows)],
         "trials": rows,
     }
-    metrics.parent.mkdir(parents=True, exist_ok=True)
-    metrics.write_text(json.dumps(record, indent=2) + "\n")
+    write_text_atomic(metrics, json.dumps(record, indent=2) + "\n")
     return best
 
 
@@ -232,6 +232,5 @@ def write_search_record(tune: dict[str, Any], metrics: Path, best_model: Path) -
         "trials": [{key: row.get(key) for key in RECORDED_TRIAL_KEYS} for row in record["trials"]],
     }
     path = best_model.parent / SEARCH_RECORD
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(search, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(search, indent=2) + "\n")
     return path
