@@ -61,6 +61,31 @@ def test_the_int8_file_is_qdq_calibrated_on_the_asked_number_of_training_crops(q
     assert any(w.data_type == onnx.TensorProto.INT8 for w in weights.values())
 
 
+def test_convolution_weights_are_constant_int8_and_only_the_stem_adds_are_quantized(quantized):
+    """The patch embedding's weight is a Reshape of an initializer in the fp32 file: unfolded,
+    the quantizer took it for an activation and OpenVINO re-made it in fp32 on every call."""
+    _, _, int8, _, _ = quantized
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(int8))).graph
+    int8_weights = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    producer = {output: node for node in graph.node for output in node.output}
+    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.value_info, *graph.output]}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    assert convs and all(
+        producer[conv.input[1]].op_type == "DequantizeLinear"
+        and producer[conv.input[1]].input[0] in int8_weights
+        for conv in convs
+    )
+
+    def quantized_inputs(node: onnx.NodeProto) -> bool:
+        return all(producer.get(name, node).op_type == "DequantizeLinear" for name in node.input)
+
+    adds = [node for node in graph.node if node.op_type == "Add"]
+    quantized_ranks = {rank[add.output[0]] for add in adds if quantized_inputs(add)}
+    plain_ranks = {rank[add.output[0]] for add in adds if not quantized_inputs(add)}
+    assert quantized_ranks == {4}  # the stem's residual adds run in int8 ...
+    assert 3 in plain_ranks and 4 not in plain_ranks  # ... the token stream's stay fp32
+
+
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_int8_heatmaps_stay_close_to_fp32_on_real_crops(quantized, runtime):
     _, fp32, int8, _, val = quantized
