@@ -41,8 +41,8 @@ CPUS = 2
 IMAGE_W, IMAGE_H = 640, 480
 UNIQUE_IMAGES = 500
 OBJECT_STORE_MB = 1024  # memory runs only
-# float32 images (3 x 256 x 192) + targets (17 x 64 x 48) + weights (17) of one sample
-SAMPLE_BYTES = 4 * (3 * 256 * 192 + 17 * 64 * 48 + 17)
+# one train sample: uint8 image (256 x 192 x 3) + float32 targets (17 x 64 x 48), weights (17)
+SAMPLE_BYTES = 256 * 192 * 3 + 4 * (17 * 64 * 48 + 17)
 
 
 # --------------------------------------------------------------------------- data

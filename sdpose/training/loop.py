@@ -35,6 +35,7 @@ import torch.distributed as dist
 from sdpose import console
 from sdpose.config import Params
 from sdpose.core.codec import HeatmapCodec
+from sdpose.core.inputs import normalize_tensor
 from sdpose.models import build_model
 from sdpose.models.checkpoint import unwrap
 from sdpose.training import validate
@@ -205,6 +206,8 @@ def train_epoch(
 ) -> dict[str, float]:
     """One pass over this worker's shard; loss terms averaged over every worker's samples.
 
+    Batches are the train feed's: uint8 BGR images, normalised here on the device.
+
     `data_wait_s` is the time spent waiting for the next batch (the feed starving the step),
     the slowest worker's; near 0 means the feed keeps up.
     """
@@ -216,7 +219,7 @@ def train_epoch(
     waited = _Waited(batches)
     for batch in waited:
         lr = trainee.schedule.before_iteration()
-        images = batch["images"].to(trainee.device, non_blocking=True)
+        images = normalize_tensor(batch["images"].to(trainee.device, non_blocking=True))
         target = batch["target"].to(trainee.device, non_blocking=True)
         target_weight = batch["target_weight"].to(trainee.device, non_blocking=True)
         with torch.autocast(trainee.device.type, dtype=torch.float16, enabled=trainee.amp):

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from sdpose.config import AugmentParams, CropsParams
 from sdpose.core import inputs
@@ -201,13 +202,17 @@ def test_batch_shapes_targets_and_normalisation(dot_crops, preset):
     (in_h, in_w), (hm_h, hm_w) = config.input_size, config.heatmap_size
     batch = feed.augment_batch(table, AugmentParams(), seed=0, epoch=0, codec=codec)
     n = table.num_rows
-    assert batch["images"].shape == (n, 3, in_h, in_w) and batch["images"].dtype == np.float32
+    # train crops travel as uint8 BGR; the worker normalises them (normalize_tensor)
+    assert batch["images"].shape == (n, in_h, in_w, 3) and batch["images"].dtype == np.uint8
     assert batch["target"].shape == (n, 17, hm_h, hm_w) and batch["target"].dtype == np.float32
     assert batch["target_weight"].shape == (n, 17)
     # a black pixel normalises to -mean/std per RGB channel
     black = -np.array([0.485, 0.456, 0.406]) / np.array([0.229, 0.224, 0.225])
-    np.testing.assert_allclose(batch["images"][0, :, 0, 0], black, rtol=1e-5)
+    normalised = inputs.normalize_tensor(torch.from_numpy(batch["images"])).numpy()
+    assert normalised.shape == (n, 3, in_h, in_w)
+    np.testing.assert_allclose(normalised[0, :, 0, 0], black, rtol=1e-5)
     val = feed.val_batch(table, codec)
+    assert val["images"].shape == (n, 3, in_h, in_w) and val["images"].dtype == np.float32
     # unaugmented: every joint's heatmap peak sits at its keypoint / stride (4 at both sizes)
     samples = [augment.AffineToInput(codec)(s) for s in feed.crop_samples(table)]
     peaks = val["target"][0].reshape(17, -1).argmax(axis=1)
@@ -224,6 +229,16 @@ def test_normalize_images_is_rgb_imagenet():
     mean, std = np.array(inputs.IMAGENET_MEAN), np.array(inputs.IMAGENET_STD)
     expected = (np.array([200, 20, 10]) / 255 - mean) / std
     np.testing.assert_allclose(out[0, :, 0, 0], expected, rtol=1e-6)
+
+
+def test_the_workers_torch_normalisation_is_the_numpy_one():
+    bgr = np.random.default_rng(0).integers(0, 256, (3, 8, 6, 3), dtype=np.uint8)
+    in_torch = inputs.normalize_tensor(torch.from_numpy(bgr))
+    assert in_torch.dtype == torch.float32
+    assert in_torch.is_contiguous(memory_format=torch.channels_last)  # the fast conv layout
+    np.testing.assert_allclose(in_torch.numpy(), inputs.normalize_images(bgr), atol=1e-6)
+    with pytest.raises(ValueError, match=r"images: expected \(N, H, W, 3\) uint8"):
+        inputs.normalize_tensor(torch.from_numpy(inputs.normalize_images(bgr)))
 
 
 def test_scale_and_rotation_stay_in_mmpose_ranges():

@@ -25,7 +25,7 @@ def batches(count: int, pause_s: float) -> Iterator[dict[str, torch.Tensor]]:
     for _ in range(count):
         time.sleep(pause_s)
         yield {
-            "images": torch.randn(2, 3, 128, 96),
+            "images": torch.randint(0, 256, (2, 128, 96, 3), dtype=torch.uint8),
             "target": torch.rand(2, 17, 32, 24),
             "target_weight": torch.ones(2, 17),
         }
