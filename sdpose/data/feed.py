@@ -22,9 +22,9 @@ Batch columns: images, target (N, 17, H, W) float32, target_weight (N, 17) float
 Train images are (N, Hi, Wi, 3) uint8 BGR, a quarter of float32's bytes through the object
 store; the worker normalises them (`core.inputs.normalize_tensor`) into a channels-last
 tensor, the layout in which the CPU convolutions run fastest. Validation images are
-(N, 3, Hi, Wi) float32 ImageNet-normalised RGB, what every inference path takes. The sizes are the model's
-(`HeatmapCodec.for_params`), and the crops must have been cut for that input size
-(`check_crop_resolution`).
+(N, 3, Hi, Wi) float32 ImageNet-normalised RGB, what every inference path takes. The sizes
+are the model's (`HeatmapCodec.for_params`), and the crops must have been cut for that
+input size (`check_crop_resolution`).
 """
 
 from __future__ import annotations
@@ -272,17 +272,15 @@ def _inputs_and_targets(
     """Network inputs (normalised, or the uint8 BGR crops) and heatmap targets."""
     in_h, in_w = codec.input_size
     hm_h, hm_w = codec.heatmap_size
-    if not samples:
-        empty = np.zeros((0, 3, in_h, in_w), np.float32)
-        return {
-            "images": empty if normalise else np.zeros((0, in_h, in_w, 3), np.uint8),
-            "target": np.zeros((0, NUM_KEYPOINTS, hm_h, hm_w), np.float32),
-            "target_weight": np.zeros((0, NUM_KEYPOINTS), np.float32),
-        }
-    keypoints = np.stack([sample["keypoints"] for sample in samples])
-    visible = np.stack([sample["visible"] for sample in samples])
-    target, target_weight = codec.encode(keypoints, visible)
-    images = np.stack([sample["image"] for sample in samples])
+    if samples:
+        images = np.stack([sample["image"] for sample in samples])
+        keypoints = np.stack([sample["keypoints"] for sample in samples])
+        visible = np.stack([sample["visible"] for sample in samples])
+        target, target_weight = codec.encode(keypoints, visible)
+    else:
+        images = np.zeros((0, in_h, in_w, 3), np.uint8)
+        target = np.zeros((0, NUM_KEYPOINTS, hm_h, hm_w), np.float32)
+        target_weight = np.zeros((0, NUM_KEYPOINTS), np.float32)
     if normalise:
         images = normalize_images(images)
     return {"images": images, "target": target, "target_weight": target_weight}
