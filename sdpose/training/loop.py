@@ -41,6 +41,7 @@ from sdpose.models.checkpoint import unwrap
 from sdpose.training import validate
 from sdpose.training.checkpoints import Progress, cpu_copy, report, restore
 from sdpose.training.losses import DistillationLoss
+from sdpose.training.passes import OpenedPass
 from sdpose.training.schedule import WarmupStepSchedule
 
 
@@ -71,10 +72,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     world_size = ray.train.get_context().get_world_size()
     per_epoch = iterations_per_epoch(int(config.get("train_rows", 0)), params, world_size)
+    checkpoint = ray.train.get_checkpoint()
+    # a fresh run's first pass starts up while the model is built (sdpose.training.passes);
+    # a restored one opens its pass once it knows that epochs are left
+    train_pass = open_train_pass(params, world_size) if checkpoint is None else None
     trainee = build_trainee(params, device, total_iters=per_epoch * params.train.epochs)
     best_state: dict[str, torch.Tensor] | None = None
     progress = Progress()
-    checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             progress, best_state = restore(trainee, Path(folder), params)
@@ -85,7 +89,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     shown = bool(config.get("console", True)) and rank == 0
     total_iters = per_epoch * params.train.epochs
     for epoch in range(progress.epoch + 1, params.train.epochs):
-        row = run_epoch(trainee, epoch, params, annotations, total_iters if shown else 0)
+        row, train_pass = run_epoch(
+            trainee,
+            epoch,
+            params,
+            annotations,
+            train_pass or open_train_pass(params, world_size),
+            total_iters if shown else 0,
+        )
         progress.workers = _all_gather(describe_worker(trainee, rank))
         progress.epoch = epoch
         progress.history.append(row)
@@ -99,27 +110,47 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def run_epoch(
-    trainee: Trainee, epoch: int, params: Params, annotations: Path, total_iters: int = 0
-) -> dict[str, Any]:
-    """Train on this worker's shard, then validate; the epoch's history row.
+    trainee: Trainee,
+    epoch: int,
+    params: Params,
+    annotations: Path,
+    train_pass: OpenedPass[dict[str, torch.Tensor]],
+    total_iters: int = 0,
+) -> tuple[dict[str, Any], OpenedPass[dict[str, torch.Tensor]] | None]:
+    """Train on this worker's pass over its shard, then validate; (history row, next pass).
 
-    `total_iters` > 0: a progress bar over the run's iterations (sdpose.console)."""
+    The next epoch's pass is opened before validation, so that its start-up overlaps it
+    (None after the last epoch). `total_iters` > 0: a progress bar over the run's
+    iterations (sdpose.console).
+    """
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    per_worker_batch = max(1, params.train.batch_size // world_size)
     loss_fn = distillation_loss(params)
-    train_shard = ray.train.get_dataset_shard("train")
-    batches = train_shard.iter_torch_batches(batch_size=per_worker_batch)
+    batches: Iterator[dict[str, torch.Tensor]] = iter(train_pass)
     if total_iters:
         batches = _with_progress(batches, trainee, total_iters)
     row = {"epoch": epoch, **train_epoch(trainee, batches, loss_fn, epoch)}
     row["iterations"] = trainee.schedule.iteration  # optimiser steps so far, the whole run
+    next_pass = open_train_pass(params, world_size) if epoch + 1 < params.train.epochs else None
     # Validation is not split by Ray (a split drops rows to even the shards out): every
     # worker reads all of it and predicts every world_size-th batch.
-    val_batches = ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=per_worker_batch)
+    val_batches = ray.train.get_dataset_shard("val").iter_torch_batches(
+        batch_size=per_worker_batch(params, world_size)
+    )
     own_share = (batch for index, batch in enumerate(val_batches) if index % world_size == rank)
     codec = HeatmapCodec.for_model(unwrap(trainee.model).config, params.train.sigma)
-    return row | validate_epoch(trainee, own_share, codec, params, annotations)
+    return row | validate_epoch(trainee, own_share, codec, params, annotations), next_pass
+
+
+def open_train_pass(params: Params, world_size: int) -> OpenedPass[dict[str, torch.Tensor]]:
+    """Start this worker's next pass over its train shard (Ray Data's next execution)."""
+    shard = ray.train.get_dataset_shard("train")
+    return OpenedPass(shard.iter_torch_batches(batch_size=per_worker_batch(params, world_size)))
+
+
+def per_worker_batch(params: Params, world_size: int) -> int:
+    """Each worker's share of `train.batch_size` (DDP sums the gradients of the shares)."""
+    return max(1, params.train.batch_size // world_size)
 
 
 def distillation_loss(params: Params) -> DistillationLoss:
@@ -165,8 +196,7 @@ def seed_everything(seed: int) -> None:
 
 def iterations_per_epoch(train_rows: int, params: Params, world_size: int) -> int:
     """Optimiser steps per epoch on each worker: its share of the rows, in per-worker batches."""
-    per_worker_batch = max(1, params.train.batch_size // world_size)
-    return math.ceil(math.ceil(train_rows / world_size) / per_worker_batch)
+    return math.ceil(math.ceil(train_rows / world_size) / per_worker_batch(params, world_size))
 
 
 def build_trainee(
