@@ -98,13 +98,13 @@ def real_path(params: Params, workdir: Path) -> dict[str, float]:
     }
 
 
-def shard_rows(workdir: Path):
-    """Every train crop row, as one pyarrow table."""
+def shard_rows(workdir: Path, split: str = "train"):
+    """Every crop row of a split, as one pyarrow table."""
     import pyarrow as pa
 
     from sdpose.data.feed import crop_shards
 
-    return pa.concat_tables([pq.read_table(path) for path in crop_shards(workdir, "train")])
+    return pa.concat_tables([pq.read_table(path) for path in crop_shards(workdir, split)])
 
 
 def plain_batches(rows, params: Params, codec: HeatmapCodec, epoch: int):
@@ -126,11 +126,9 @@ def _plain_trainee(params: Params, total_iters: int):
 
 def plain_val_batches(params: Params, workdir: Path, codec: HeatmapCodec) -> list[dict]:
     """The validation batches, decoded once (the stage materialises its small val split)."""
-    import pyarrow as pa
+    from sdpose.data.feed import val_batch
 
-    from sdpose.data.feed import crop_shards, val_batch
-
-    rows = pa.concat_tables([pq.read_table(path) for path in crop_shards(workdir, "val")])
+    rows = shard_rows(workdir, "val")
     size = params.train.batch_size
     return [
         {name: torch.from_numpy(values) for name, values in val_batch(chunk, codec).items()}
