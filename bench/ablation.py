@@ -87,7 +87,7 @@ def train_once(root: Path, overrides: dict[str, Any], seed: int) -> dict[str, An
         params = load_params(workdir / "params.yaml", {**overrides, "train.seed": seed})
         summary = run(params, workdir)
         last = read_history_csv(workdir / "metrics" / "train_history.csv")[-1]
-        return summary | {"student_loss": last["heatmap_loss_cycle1"]}
+        return summary | {"student_loss": last["pose_loss_cycle1"]}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

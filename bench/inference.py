@@ -106,11 +106,11 @@ def measure(model, files: dict[str, Path], threads: int, batch: int) -> dict[str
 
 def calibration(model, samples: int = 64) -> tuple[list[np.ndarray], str]:
     """Calibration batches for the int8 file: training crops if present, else random."""
-    from sdpose.core.codec import HeatmapCodec
+    from sdpose.core.codecs import codec_for_model
     from sdpose.deploy.quantize import calibration_images
 
     if (Path("data") / "crops" / "summary.json").is_file():
-        codec = HeatmapCodec.for_model(model.config)
+        codec = codec_for_model(model.config)
         return list(calibration_images(Path("."), codec, samples)), "data/crops/train"
     generator = np.random.default_rng(0)
     shape = (8, 3, *model.config.input_size)

@@ -65,7 +65,7 @@ def write_curves(curves: dict[int, list[dict[str, float]]], out: Path) -> tuple[
     out.mkdir(parents=True, exist_ok=True)
     table = out / "learning_curve.csv"
     columns = ["seed", "epoch", "iterations", "seconds", "student_ap", "teacher_ap",
-               "heatmap_loss_cycle1"]  # fmt: skip
+               "pose_loss_cycle1"]  # fmt: skip
     with table.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -140,7 +140,7 @@ def main() -> None:
                 print(
                     f"{int(row['epoch']):>5} {int(row['iterations']):>6} {row['seconds']:>8.0f} "
                     f"{row['student_ap']:>10.4f} {row['teacher_ap']:>10.4f} "
-                    f"{row['heatmap_loss_cycle1']:>12.6f}",
+                    f"{row['pose_loss_cycle1']:>12.6f}",
                     flush=True,
                 )
     table, picture = write_curves(curves, args.out or root / "reports")

@@ -89,7 +89,7 @@ def train_step(preset: str, batch: int = 32) -> Callable[[], None]:
 
     def step() -> None:
         outputs = model(images)
-        loss = sum((out.heatmaps - targets).square().mean() for out in outputs)
+        loss = sum((out.predictions - targets).square().mean() for out in outputs)
         for student, teacher in itertools.pairwise(outputs):
             loss = loss + 5e-6 * (student.visual_tokens - teacher.visual_tokens).square().mean()
         optimizer.zero_grad(set_to_none=True)

@@ -38,7 +38,7 @@ import torch
 
 from sdpose.config import Params, load_params
 from sdpose.console import stage_console
-from sdpose.core.codec import HeatmapCodec
+from sdpose.core.codecs import Codec, codec_for_params
 from sdpose.training.loop import build_trainee, distillation_loss, train_epoch, validate_epoch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def shard_rows(workdir: Path, split: str = "train"):
     return pa.concat_tables([pq.read_table(path) for path in crop_shards(workdir, split)])
 
 
-def plain_batches(rows, params: Params, codec: HeatmapCodec, epoch: int):
+def plain_batches(rows, params: Params, codec: Codec, epoch: int):
     """The feed's augmentation in this process, batch by batch, rows shuffled per epoch."""
     from sdpose.data.feed import augment_batch
 
@@ -124,7 +124,7 @@ def _plain_trainee(params: Params, total_iters: int):
     return build_trainee(params, torch.device("cpu"), total_iters, in_ray_train=False)
 
 
-def plain_val_batches(params: Params, workdir: Path, codec: HeatmapCodec) -> list[dict]:
+def plain_val_batches(params: Params, workdir: Path, codec: Codec) -> list[dict]:
     """The validation batches, decoded once (the stage materialises its small val split)."""
     from sdpose.data.feed import val_batch
 
@@ -142,7 +142,7 @@ def plain_loop(params: Params, workdir: Path) -> dict[str, float]:
 
     torch.set_num_threads(CORES)
     rows = shard_rows(workdir)
-    codec = HeatmapCodec.for_params(params)
+    codec = codec_for_params(params)
     val = plain_val_batches(params, workdir, codec)
     annotations = TrainPaths.under(workdir, params).annotations
     per_epoch = -(-rows.num_rows // params.train.batch_size)
@@ -167,7 +167,7 @@ def step_alone(params: Params, workdir: Path) -> float:
     """The plain loop's step on tensors augmented beforehand: samples/s of training alone."""
     torch.set_num_threads(CORES)
     rows = shard_rows(workdir)
-    batches = list(plain_batches(rows, params, HeatmapCodec.for_params(params), epoch=0))
+    batches = list(plain_batches(rows, params, codec_for_params(params), epoch=0))
     trainee = _plain_trainee(params, len(batches))
     loss = distillation_loss(params)
     train_epoch(trainee, iter(batches[:1]), loss, 0)  # warm-up step

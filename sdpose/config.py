@@ -75,10 +75,22 @@ class ModelParams(_Section):
     # A new input_size alone keeps the preset's stride (the heatmap follows).
     input_size: tuple[int, int] | None = None
     heatmap_size: tuple[int, int] | None = None
+    # 'heatmap' (TokenPose's, the paper's) or 'simcc' (x and y bins); null keeps the preset's
+    head: Literal["heatmap", "simcc"] | None = None
+    simcc_split: StrictInt | None = Field(None, ge=1, le=8)  # SimCC bins per input pixel
 
     def overrides(self) -> dict[str, Any]:
         """The architecture fields that differ from the preset."""
-        fields = ("cycles", "dim", "depth", "heads", "input_size", "heatmap_size")
+        fields = (
+            "cycles",
+            "dim",
+            "depth",
+            "heads",
+            "input_size",
+            "heatmap_size",
+            "head",
+            "simcc_split",
+        )
         return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
 
     @model_validator(mode="after")
@@ -115,7 +127,14 @@ class TrainParams(_Section):
     lr_schedule: Literal["step", "cosine"] = "step"
     lr_steps: list[StrictInt] = [4, 5]  # step: epochs at which lr is multiplied by lr_factor
     lr_factor: float = Field(0.1, gt=0, le=1)
-    sigma: float = Field(2.0, gt=0)
+    sigma: float = Field(2.0, gt=0)  # heatmap head: target sigma in heatmap pixels
+    # heatmap head: squared errors under each target's Gaussian count this many times
+    heatmap_foreground_weight: float = Field(1.0, ge=1)
+    # SimCC head: label sigmas (x, y) in bins (null: RTMPose's, scaled to the input and
+    # split), the logits' softmax temperature, and the labels' (null: no label softmax)
+    simcc_sigma: tuple[float, float] | None = None
+    simcc_beta: float = Field(10.0, gt=0)
+    simcc_label_beta: float | None = Field(10.0, gt=0)
     token_distill_weight: float = Field(5e-6, ge=0)
     heatmap_distill_weight: float = Field(0.0, ge=0)
     detach_teacher: StrictBool = False
@@ -128,6 +147,8 @@ class TrainParams(_Section):
     def _steps_increase(self) -> TrainParams:
         if self.lr_steps != sorted(self.lr_steps):
             raise ValueError(f"lr_steps: {self.lr_steps} must be in increasing order")
+        if self.simcc_sigma is not None and min(self.simcc_sigma) <= 0:
+            raise ValueError(f"simcc_sigma: {list(self.simcc_sigma)} must be two positive numbers")
         return self
 
 

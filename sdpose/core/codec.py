@@ -1,4 +1,4 @@
-"""Heatmap codec: training targets, decoding, flip test and crop geometry in one object.
+"""Heatmap codec: training targets, decoding and flip test of the heatmap head in one object.
 
 Target generation and the decoder share `HeatmapCodec`, so the stride, the sub-pixel
 convention and the crop mapping cannot drift apart between training and evaluation
@@ -6,10 +6,8 @@ convention and the crop mapping cannot drift apart between training and evaluati
 the official SDPose config: Gaussian targets with unbiased (sub-pixel) encoding, DARK
 ("unbiased") decoding with an 11x11 modulation kernel, and the flip test's one-pixel shift.
 
-Coordinates: a person box is `center` (2,) and `scale` (2,) = box (w, h) in original image
-pixels (already fixed to the input aspect and padded; not mmpose's /200 units). The crop
-maps the image rectangle [center - scale/2, center + scale/2] linearly onto the input
-[0, input_w] x [0, input_h]; heatmap pixel = input pixel / stride. Points are (x, y).
+The crop geometry (box <-> input pixels) is `sdpose.core.geometry.CropGeometry`'s;
+heatmap pixel = input pixel / stride. Points are (x, y).
 
 Shape legend: N persons, K keypoints, H x W heatmap, Hi x Wi input.
 """
@@ -18,27 +16,24 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal
 
 import cv2
 import numpy as np
 
+from sdpose.core.geometry import ArrayT, CropGeometry
 from sdpose.core.keypoints import FLIP_INDEX
 
 if TYPE_CHECKING:
     import torch
 
-    from sdpose.config import Params
-    from sdpose.models.presets import ModelConfig
-
 # torch is imported where it is used: Ray Data processes import this module for encode()
-ArrayT = TypeVar("ArrayT", np.ndarray, "torch.Tensor")
 DecodeMethod = Literal["dark", "argmax"]
 _NEGLIGIBLE = 1e-15
 
 
 @dataclass(frozen=True)
-class HeatmapCodec:
+class HeatmapCodec(CropGeometry):
     """Encodes keypoints into Gaussian heatmaps and decodes heatmaps into keypoints.
 
     Sizes are (height, width). `sigma` is in heatmap pixels; `unbiased` centres each
@@ -46,7 +41,6 @@ class HeatmapCodec:
     `blur_kernel` is DARK's modulation kernel at decoding.
     """
 
-    input_size: tuple[int, int] = (256, 192)
     heatmap_size: tuple[int, int] = (64, 48)
     sigma: float = 2.0
     unbiased: bool = True
@@ -62,79 +56,16 @@ class HeatmapCodec:
         if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
             raise ValueError(f"blur_kernel must be a positive odd number, got {self.blur_kernel}")
 
-    @classmethod
-    def for_model(cls, config: ModelConfig, sigma: float = 2.0) -> HeatmapCodec:
-        """The codec of a model: its input and heatmap sizes, so the two never disagree."""
-        return cls(
-            input_size=tuple(config.input_size),
-            heatmap_size=tuple(config.heatmap_size),
-            sigma=sigma,
-        )
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """What the network predicts per keypoint: an (H, W) heatmap."""
+        return tuple(self.heatmap_size)
 
-    @classmethod
-    def for_params(cls, params: Params) -> HeatmapCodec:
-        """The codec of the configured model with the training sigma: every stage's codec."""
-        return cls.for_model(params.model.resolve(), params.train.sigma)
-
-    # ----------------------------------------------------------------- geometry
     @property
     def stride(self) -> np.ndarray:
         """Input pixels per heatmap pixel, (x, y): 4, 4 for 256x192 -> 64x48."""
         (in_h, in_w), (hm_h, hm_w) = self.input_size, self.heatmap_size
         return np.array([in_w / hm_w, in_h / hm_h])
-
-    def to_image(self, keypoints: ArrayT, center: ArrayT, scale: ArrayT) -> ArrayT:
-        """Input-crop pixels (..., K, 2) -> original-image pixels; center/scale (..., 2)."""
-        center, scale = _like(center, keypoints), _like(scale, keypoints)
-        in_wh = _like(self._input_wh, keypoints)
-        return keypoints * (scale / in_wh)[..., None, :] + (center - scale / 2)[..., None, :]
-
-    def to_input(self, keypoints: ArrayT, center: ArrayT, scale: ArrayT) -> ArrayT:
-        """Original-image pixels (..., K, 2) -> input-crop pixels; inverse of `to_image`."""
-        center, scale = _like(center, keypoints), _like(scale, keypoints)
-        in_wh = _like(self._input_wh, keypoints)
-        return (keypoints - (center - scale / 2)[..., None, :]) * (in_wh / scale)[..., None, :]
-
-    def affine_matrix(
-        self,
-        center: np.ndarray,
-        scale: np.ndarray,
-        rotation: float | np.ndarray = 0.0,
-        output_size: tuple[int, int] | None = None,
-    ) -> np.ndarray:
-        """The (2, 3) image -> crop affine for cv2.warpAffine; (N, 2, 3) for (N, 2) boxes.
-
-        The box rectangle, rotated by `rotation` degrees about `center`, lands on
-        [0, out_w] x [0, out_h] with `center` at the crop's middle. `output_size` is
-        (height, width), the input size by default. Sign: a positive rotation turns the
-        image content counter-clockwise on screen in the crop, as cv2.getRotationMatrix2D
-        and mmpose's get_affine_transform (the sampled box is turned clockwise in the
-        image). With scale aspect equal to the output aspect this is mmpose's similarity;
-        without rotation it equals `to_input`. Warp pixels and keypoints (`apply_affine`)
-        with the same matrix.
-        """
-        out_h, out_w = self.input_size if output_size is None else output_size
-        center = np.asarray(center, dtype=np.float64)
-        scale = np.asarray(scale, dtype=np.float64)
-        angle = np.deg2rad(np.asarray(rotation, dtype=np.float64))
-        batch = np.broadcast_shapes(center.shape[:-1], scale.shape[:-1], angle.shape)
-        cos, sin = np.broadcast_to(np.cos(angle), batch), np.broadcast_to(np.sin(angle), batch)
-        zoom_x = np.broadcast_to(out_w / scale[..., 0], batch)
-        zoom_y = np.broadcast_to(out_h / scale[..., 1], batch)
-        # linear part: scale per axis after undoing the box's rotation, R(-angle)
-        linear = np.stack(
-            [
-                np.stack([zoom_x * cos, zoom_x * sin], -1),
-                np.stack([-zoom_y * sin, zoom_y * cos], -1),
-            ],
-            axis=-2,
-        )
-        offset = np.array([out_w / 2, out_h / 2]) - np.einsum("...ij,...j->...i", linear, center)
-        return np.concatenate([linear, offset[..., None]], axis=-1)
-
-    @property
-    def _input_wh(self) -> np.ndarray:
-        return np.array([self.input_size[1], self.input_size[0]], dtype=np.float64)
 
     # ----------------------------------------------------------------- encoding
     def encode(self, keypoints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -292,39 +223,6 @@ class HeatmapCodec:
 
 
 # --------------------------------------------------------------------- helpers
-def apply_affine(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Points (..., 2) through an affine (2, 3); a batch (N, 2, 3) takes points (N, ..., 2)."""
-    points = np.asarray(points, dtype=np.float64)
-    matrix = np.asarray(matrix, dtype=np.float64)
-    if matrix.shape[-2:] != (2, 3):
-        raise ValueError(f"apply_affine: matrix must be (..., 2, 3), got {matrix.shape}")
-    linear, offset = matrix[..., :2], matrix[..., 2]
-    if matrix.ndim == 2:
-        return points @ linear.T + offset
-    # one matrix per leading index: broadcast it over the point axes in between
-    extra = points.ndim - matrix.ndim + 1
-    linear = linear.reshape(linear.shape[:-2] + (1,) * extra + (2, 2))
-    offset = offset.reshape(offset.shape[:-1] + (1,) * extra + (2,))
-    return np.einsum("...ij,...j->...i", linear, points) + offset
-
-
-def invert_affine(matrix: np.ndarray) -> np.ndarray:
-    """The inverse of affine(s) (..., 2, 3): crop -> image for an image -> crop matrix."""
-    matrix = np.asarray(matrix, dtype=np.float64)
-    inverse_linear = np.linalg.inv(matrix[..., :2])
-    offset = -np.einsum("...ij,...j->...i", inverse_linear, matrix[..., 2])
-    return np.concatenate([inverse_linear, offset[..., None]], axis=-1)
-
-
-def _like(value: np.ndarray | torch.Tensor, reference: ArrayT) -> ArrayT:
-    """`value` as the array type (and torch device/dtype) of `reference`."""
-    if isinstance(reference, np.ndarray):
-        return np.asarray(value, dtype=np.float64)  # image coordinates need the precision
-    import torch
-
-    return torch.as_tensor(value, dtype=reference.dtype, device=reference.device)
-
-
 @functools.lru_cache(maxsize=16)
 def _blur_matrix(kernel_size: int, size: int) -> torch.Tensor:
     """(size, size) matrix whose row i is the 1-D blur kernel centred on i, cut at the edges.

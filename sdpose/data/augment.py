@@ -30,7 +30,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from sdpose.core.codec import HeatmapCodec, apply_affine
+from sdpose.core.geometry import CropGeometry
+from sdpose.core.geometry import apply_affine
 from sdpose.config import AugmentParams
 from sdpose.core.keypoints import FLIP_INDEX, LOWER_BODY_IDS, UPPER_BODY_IDS
 from sdpose.core.inputs import BOX_ASPECT
@@ -166,7 +167,7 @@ class AffineToInput:
     keypoints, so the two cannot disagree.
     """
 
-    codec: HeatmapCodec
+    codec: CropGeometry
 
     def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
         matrix = self.codec.affine_matrix(
@@ -183,7 +184,7 @@ class AffineToInput:
         return sample
 
 
-def train_transforms(augment: AugmentParams, codec: HeatmapCodec) -> list[Transform]:
+def train_transforms(augment: AugmentParams, codec: CropGeometry) -> list[Transform]:
     """The official train pipeline's geometric steps, in its order, from params."""
     input_h, input_w = codec.input_size
     return [

@@ -1,7 +1,7 @@
 """The Ray Datasets that feed training and validation from the crop shards.
 
 train: read shards -> map_batches(decode crop, random shift/flip/half-body/scale/rotation,
-warp to the model's input size, normalise, encode heatmap targets). The dataset is lazy, so every pass
+warp to the model's input size, normalise, encode the head's targets). The dataset is lazy, so every pass
 re-executes the random step: Ray Train's `get_dataset_shard("train").iter_torch_batches()`
 in each epoch gets fresh augmentation without materialising it (Ray's guidance for random
 transforms). A split small enough keeps its stored crop rows in the object store, so a pass
@@ -17,19 +17,21 @@ which it also uses to reseed file shuffles). Build with `epoch=start_epoch` when
 blocks) is reseeded per pass; rows within a block come grouped by image, so consumers should
 mix with `local_shuffle_buffer_size`.
 
-Batch columns: images, target (N, 17, H, W) float32, target_weight (N, 17) float32, ann_id
+Batch columns: images, target (N, 17, *O) float32 (the head's: O = H x W heatmap or Wx + Hy
+SimCC bins, `sdpose.core.codecs`), target_weight (N, 17) float32, ann_id
 (N,) int64; validation adds center, scale (N, 2) original pixels, image_id, score, area.
 Train images are (N, Hi, Wi, 3) uint8 BGR, a quarter of float32's bytes through the object
 store; the worker normalises them (`core.inputs.normalize_tensor`) into a channels-last
 tensor, the layout in which the CPU convolutions run fastest. Validation images are
 (N, 3, Hi, Wi) float32 ImageNet-normalised RGB, what every inference path takes. The sizes
-are the model's (`HeatmapCodec.for_params`), and the crops must have been cut for that
+are the model's (`codec_for_params`), and the crops must have been cut for that
 input size (`check_crop_resolution`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,7 +39,8 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from sdpose.core.codec import HeatmapCodec, apply_affine, invert_affine
+from sdpose.core.codecs import Codec, codec_for_params
+from sdpose.core.geometry import apply_affine, invert_affine
 from sdpose.core.inputs import normalize_images
 from sdpose.core.paths import CROPS_DIR
 from sdpose.config import AugmentParams, Params
@@ -63,10 +66,10 @@ class CropResolutionError(ValueError):
     """Crops on disk were cut for another model input size than the configured one."""
 
 
-def sample_bytes(codec: HeatmapCodec) -> int:
+def sample_bytes(codec: Codec) -> int:
     """One validation sample as the feed emits it: float32 image and target, small columns."""
-    (in_h, in_w), (hm_h, hm_w) = codec.input_size, codec.heatmap_size
-    return 4 * (3 * in_h * in_w + NUM_KEYPOINTS * hm_h * hm_w) + 1024
+    in_h, in_w = codec.input_size
+    return 4 * (3 * in_h * in_w + NUM_KEYPOINTS * math.prod(codec.output_shape)) + 1024
 
 
 def crop_shards(workdir: Path, split: str) -> list[str]:
@@ -87,7 +90,7 @@ def crops_summary(workdir: Path) -> dict:
     return json.loads(summary.read_text())
 
 
-def check_crop_resolution(workdir: Path, codec: HeatmapCodec) -> None:
+def check_crop_resolution(workdir: Path, codec: Codec) -> None:
     """Refuse crops cut for another input size: their stored resolution was chosen for it.
 
     `sdpose crops` stores each crop at most at twice the model's input height
@@ -107,7 +110,7 @@ def check_crop_resolution(workdir: Path, codec: HeatmapCodec) -> None:
 
 def train_dataset(params: Params, workdir: Path, epoch: int = 0) -> ray.data.Dataset:
     """Augmented training samples; the first pass is `epoch`, each later pass the next."""
-    codec = HeatmapCodec.for_params(params)
+    codec = codec_for_params(params)
     check_crop_resolution(workdir, codec)
     ds = _train_rows(crop_shards(workdir, "train"), _mix(params.train.seed, epoch))
     ds = ds.map_batches(
@@ -148,7 +151,7 @@ def val_dataset(params: Params, workdir: Path, split: str = "val") -> ray.data.D
     """Validation samples (`val`, or `val_det` for detector boxes): warped, not augmented."""
     import ray
 
-    codec = HeatmapCodec.for_params(params)
+    codec = codec_for_params(params)
     check_crop_resolution(workdir, codec)
     ds = ray.data.read_parquet(crop_shards(workdir, split))
     ds = _in_small_blocks(ds).map_batches(
@@ -169,7 +172,7 @@ def validation_feed(params: Params, workdir: Path, split: str = "val") -> ray.da
     fit in CACHE_BYTES is materialised; a larger one (COCO val: ~5 GB) streams.
     """
     ds = val_dataset(params, workdir, split)
-    if split_rows(workdir, split) * sample_bytes(HeatmapCodec.for_params(params)) <= CACHE_BYTES:
+    if split_rows(workdir, split) * sample_bytes(codec_for_params(params)) <= CACHE_BYTES:
         return ds.materialize()
     return ds
 
@@ -204,9 +207,9 @@ def _small_block_bytes(ds: ray.data.Dataset) -> ray.data.Dataset:
 
 # --------------------------------------------------------------------------- batch UDFs
 def augment_batch(
-    rows: pa.Table, augment: AugmentParams, seed: int, epoch: int, codec: HeatmapCodec
+    rows: pa.Table, augment: AugmentParams, seed: int, epoch: int, codec: Codec
 ) -> dict[str, np.ndarray]:
-    """Crop rows -> augmented, normalised inputs with heatmap targets (see module doc)."""
+    """Crop rows -> augmented, normalised inputs with the head's targets (see module doc)."""
     cv2.setNumThreads(1)  # one Ray task per CPU already
     epoch += _pass_index()
     transforms = train_transforms(augment, codec)
@@ -218,7 +221,7 @@ def augment_batch(
     return {**_inputs_and_targets(samples, codec, normalise=False), "ann_id": ann_ids}
 
 
-def val_batch(rows: pa.Table, codec: HeatmapCodec) -> dict[str, np.ndarray]:
+def val_batch(rows: pa.Table, codec: Codec) -> dict[str, np.ndarray]:
     """Crop rows -> inputs of the unaugmented box, targets, and what evaluation maps back."""
     cv2.setNumThreads(1)
     warp = AffineToInput(codec)
@@ -267,11 +270,10 @@ def box_in_crop(
 
 # --------------------------------------------------------------------------- helpers
 def _inputs_and_targets(
-    samples: list[Sample], codec: HeatmapCodec, normalise: bool = True
+    samples: list[Sample], codec: Codec, normalise: bool = True
 ) -> dict[str, np.ndarray]:
-    """Network inputs (normalised, or the uint8 BGR crops) and heatmap targets."""
+    """Network inputs (normalised, or the uint8 BGR crops) and the head's targets."""
     in_h, in_w = codec.input_size
-    hm_h, hm_w = codec.heatmap_size
     if samples:
         images = np.stack([sample["image"] for sample in samples])
         keypoints = np.stack([sample["keypoints"] for sample in samples])
@@ -279,7 +281,7 @@ def _inputs_and_targets(
         target, target_weight = codec.encode(keypoints, visible)
     else:
         images = np.zeros((0, in_h, in_w, 3), np.uint8)
-        target = np.zeros((0, NUM_KEYPOINTS, hm_h, hm_w), np.float32)
+        target = np.zeros((0, NUM_KEYPOINTS, *codec.output_shape), np.float32)
         target_weight = np.zeros((0, NUM_KEYPOINTS), np.float32)
     if normalise:
         images = normalize_images(images)

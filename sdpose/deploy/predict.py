@@ -3,14 +3,17 @@
 Top-down, as in evaluation: each person box becomes a crop (aspect 3:4, padded 1.25)
 warped with the codec's affine to the model's input size (read from the ONNX file), then
 `sdpose.evaluation.inference` runs the path validation and evaluation run: the flip test,
-DARK, image pixels, rescoring and OKS-NMS. The network is any callable from crops to
-heatmaps, so the tests (a network replaced by ground-truth heatmaps) run this very path.
+DARK, image pixels, rescoring and OKS-NMS. The network is any callable from crops to its
+head's outputs (heatmaps or SimCC bins; the codec comes from the model card beside the
+file, or from the file's output shape), so the tests (a network replaced by ground-truth
+heatmaps) run this very path.
 
-Shapes: N persons, K keypoints, C cycles, Hi x Wi input, H x W heatmap.
+Shapes: N persons, K keypoints, C cycles, Hi x Wi input.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +23,10 @@ import cv2
 import numpy as np
 
 from sdpose.config import EvaluateParams, Params
-from sdpose.core.codec import HeatmapCodec
+from sdpose.core.codecs import Codec, codec_for_output, codec_from_record
 from sdpose.core.inputs import center_scale, normalize_images
-from sdpose.core.paths import EXPORT_DIR, ONNX_NAME
-from sdpose.evaluation.inference import HeatmapRunner, InferenceError, Predictions, predict_crops
+from sdpose.core.paths import CARD_NAME, EXPORT_DIR, ONNX_NAME
+from sdpose.evaluation.inference import InferenceError, OutputRunner, Predictions, predict_crops
 
 DEFAULT_MODEL = EXPORT_DIR / ONNX_NAME
 RESULTS_NAME = "keypoints.json"
@@ -131,7 +134,7 @@ def whole_image_box(width: int, height: int) -> PersonBoxes:
 
 # ------------------------------------------------------------------------ top-down core
 def crop_people(
-    image: np.ndarray, center: np.ndarray, scale: np.ndarray, codec: HeatmapCodec
+    image: np.ndarray, center: np.ndarray, scale: np.ndarray, codec: Codec
 ) -> np.ndarray:
     """RGB image (H, W, 3) uint8 -> normalised crops (N, 3, Hi, Wi) float32, as the feed's."""
     in_h, in_w = codec.input_size
@@ -148,8 +151,8 @@ def crop_people(
 def predict_people(
     image: np.ndarray,
     boxes: PersonBoxes,
-    runner: HeatmapRunner,
-    codec: HeatmapCodec,
+    runner: OutputRunner,
+    codec: Codec,
     flip: bool = True,
     method: str = "dark",
 ) -> np.ndarray:
@@ -169,9 +172,7 @@ def predict_people(
 
 
 # ------------------------------------------------------------------------ ONNX model
-def onnx_runner(
-    path: Path, runtime: str = "auto", threads: int = 0
-) -> tuple[HeatmapRunner, HeatmapCodec]:
+def onnx_runner(path: Path, runtime: str = "auto", threads: int = 0) -> tuple[OutputRunner, Codec]:
     """The ONNX file on `runtime` as a runner, and the codec of its input and output sizes.
 
     `runtime` "auto": the one its model card names (the faster measured at export), else
@@ -190,13 +191,32 @@ def onnx_runner(
     except Exception as error:  # each runtime raises its own exception types
         raise PredictError(f"{path}: not a loadable ONNX model on {chosen} ({error})") from error
     in_shape, out_shape = session.input_shape, session.output_shape
-    if len(in_shape) != 4 or in_shape[1] != 3 or len(out_shape) != 4:
+    if len(in_shape) != 4 or in_shape[1] != 3 or len(out_shape) not in (3, 4):
         raise PredictError(
-            f"{path}: expected input N x 3 x H x W and output N x K x h x w heatmaps, got "
-            f"{list(in_shape)} -> {list(out_shape)}"
+            f"{path}: expected input N x 3 x H x W and output N x K x h x w heatmaps or "
+            f"N x K x bins SimCC logits, got {list(in_shape)} -> {list(out_shape)}"
         )
-    codec = HeatmapCodec(input_size=tuple(in_shape[2:]), heatmap_size=tuple(out_shape[2:]))
-    return session.run, codec  # torch tensors on the CPU work too
+    return session.run, file_codec(path, tuple(in_shape[2:]), tuple(out_shape[2:]))
+
+
+def file_codec(path: Path, input_size: tuple[int, int], output_shape: tuple[int, ...]) -> Codec:
+    """The codec an exported file decodes with: its model card's record when the card
+    beside it has one that fits the file's shapes, else the one its shapes imply."""
+    card_path = path.with_name(CARD_NAME)
+    record = None
+    if card_path.is_file():
+        try:
+            record = (json.loads(card_path.read_text()).get("output") or {}).get("codec")
+        except (OSError, ValueError, AttributeError):
+            record = None
+    try:
+        if isinstance(record, dict):
+            codec = codec_from_record(record)
+            if codec.input_size == input_size and codec.output_shape == output_shape:
+                return codec
+        return codec_for_output(input_size, output_shape)
+    except ValueError as error:
+        raise PredictError(f"{path}: {error}") from None
 
 
 def resolve_model(
@@ -253,8 +273,8 @@ def predict(
 def predict_with_runner(
     images: Sequence[Path],
     boxes: Path | None,
-    runner: HeatmapRunner,
-    codec: HeatmapCodec,
+    runner: OutputRunner,
+    codec: Codec,
     out_dir: Path,
     params: Params,
 ) -> dict[str, Any]:

@@ -40,7 +40,7 @@ import numpy as np
 import onnx
 import pyarrow.parquet as pq
 
-from sdpose.core.codec import HeatmapCodec
+from sdpose.core.codecs import Codec
 from sdpose.core.paths import INT8_NAME
 
 QUANTIZED_OPS = ("Conv", "MatMul")  # everywhere
@@ -54,7 +54,7 @@ def int8_path(fp32_path: Path) -> Path:
     return Path(fp32_path).with_name(INT8_NAME)
 
 
-def calibration_images(workdir: Path, codec: HeatmapCodec, samples: int) -> Iterator[np.ndarray]:
+def calibration_images(workdir: Path, codec: Codec, samples: int) -> Iterator[np.ndarray]:
     """Up to `samples` training crops as network inputs (N, 3, H, W) float32, in batches.
 
     The first shards' first rows: crops are written in manifest order, which is already

@@ -9,19 +9,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from sdpose.config import Params
+from sdpose.core.codecs import Codec
 from sdpose.deploy.predict import onnx_runner
 from sdpose.evaluation.stage import evaluate_cycles, val_set
 
 
 def onnx_student_ap(
-    params: Params, workdir: Path, onnx_path: Path, runtime: str | None = None
+    params: Params,
+    workdir: Path,
+    onnx_path: Path,
+    runtime: str | None = None,
+    codec: Codec | None = None,
 ) -> float:
     """AP of an exported student on the current val set (the export's scoring of its fp32
     and int8 files, the registry's re-measurement of a champion).
 
     `runtime`: onnxruntime, openvino or auto (the one the file's model card names), by
-    default `export.runtime`. The codec comes from the file's own input and output shapes.
+    default `export.runtime`. The codec is `codec` (the export knows its model's), else the
+    file's own (its model card's record, or its shapes').
     """
-    runner, codec = onnx_runner(onnx_path, runtime or params.export.runtime)
+    runner, file_codec = onnx_runner(onnx_path, runtime or params.export.runtime)
+    codec = codec or file_codec
     stats, _ = evaluate_cycles(runner, 1, codec, params, workdir, val_set(params, workdir))
     return stats[0]["AP"]

@@ -1,15 +1,16 @@
-"""The one inference path: crops -> heatmaps of every cycle (flip test) -> image keypoints
--> COCO results and AP.
+"""The one inference path: crops -> head outputs of every cycle (flip test) -> image
+keypoints -> COCO results and AP.
 
 Validation during training, the `evaluate` stage (PyTorch checkpoints and the ONNX
 student) and `sdpose predict` all go through these functions with the codec of the model's
-own config (`HeatmapCodec.for_model`), so the input and heatmap sizes, the flip convention,
-the decoder and the rescoring cannot differ between what is validated and what ships.
-The official test protocol (mmpose 0.x top-down): flip test with the one-pixel shift, DARK,
-box geometry back to image pixels, rescoring and OKS-NMS (`sdpose.evaluation.coco_ap`), then
-pycocotools' AP.
+own config (`sdpose.core.codecs.codec_for_model`: heatmaps or SimCC), so the input and
+output sizes, the flip convention, the decoder and the rescoring cannot differ between what
+is validated and what ships. The official test protocol (mmpose 0.x top-down): flip test
+(with the heatmap's one-pixel shift), DARK (or SimCC's 1-D equivalent), box geometry back
+to image pixels, rescoring and OKS-NMS (`sdpose.evaluation.coco_ap`), then pycocotools' AP.
 
-Shapes: C cycles, N persons, K keypoints, Hi x Wi input, H x W heatmap.
+Shapes: C cycles, N persons, K keypoints, Hi x Wi input, O the head's output per keypoint
+(H x W heatmap or Wx + Hy SimCC bins).
 """
 
 from __future__ import annotations
@@ -23,36 +24,36 @@ import torch
 from torch import nn
 
 from sdpose.config import EvaluateParams
-from sdpose.core.codec import HeatmapCodec
+from sdpose.core.codecs import Codec
 from sdpose.evaluation.coco_ap import coco_keypoint_ap, topdown_results
 
 Array = np.ndarray | torch.Tensor
-# (N, 3, Hi, Wi) normalised crops -> heatmaps (N, K, H, W) or (C, N, K, H, W), same array kind
-HeatmapRunner = Callable[[Array], Array]
+# (N, 3, Hi, Wi) normalised crops -> outputs (N, K, *O) or (C, N, K, *O), same array kind
+OutputRunner = Callable[[Array], Array]
 
 
 class InferenceError(ValueError):
-    """A network that answers with heatmaps of the wrong shape."""
+    """A network that answers with outputs of the wrong shape."""
 
 
-def model_runner(model: nn.Module, cycles: int) -> HeatmapRunner:
-    """A PyTorch model as a runner: the heatmaps of its first `cycles` cycles, (C, N, K, H, W)."""
+def model_runner(model: nn.Module, cycles: int) -> OutputRunner:
+    """A PyTorch model as a runner: the outputs of its first `cycles` cycles, (C, N, K, *O)."""
 
     def run(images: torch.Tensor) -> torch.Tensor:
-        return torch.stack([output.heatmaps.float() for output in model(images, cycles=cycles)])
+        return torch.stack([output.predictions.float() for output in model(images, cycles=cycles)])
 
     return run
 
 
 @torch.no_grad()
-def flip_test_heatmaps(
-    runner: HeatmapRunner, crops: Array, codec: HeatmapCodec, flip: bool = True
+def flip_test_outputs(
+    runner: OutputRunner, crops: Array, codec: Codec, flip: bool = True
 ) -> torch.Tensor:
-    """Heatmaps (C, N, K, H, W) of the crops, averaged with those of the mirrored crops.
+    """Outputs (C, N, K, *O) of the crops, averaged with those of the mirrored crops.
 
     Both halves go through the network in one call (eval-mode networks treat each sample
-    alone); the mirrored half's maps are flipped back (joints swapped, mmpose's one-pixel
-    shift) before averaging.
+    alone); the mirrored half's outputs are flipped back by the codec (joints swapped, the
+    x axis mirrored with its shift) before averaging.
     """
     count = len(crops)
     if flip:
@@ -62,28 +63,34 @@ def flip_test_heatmaps(
             batch = torch.cat([crops, crops.flip(-1)])
     else:
         batch = crops
-    maps = torch.as_tensor(runner(batch)).float()
-    if maps.ndim == 4:
-        maps = maps[None]
-    if maps.ndim != 5 or maps.shape[1] != len(batch) or maps.shape[-2:] != codec.heatmap_size:
+    outputs = torch.as_tensor(runner(batch)).float()
+    rank = 2 + len(codec.output_shape)  # N, K, *O
+    if outputs.ndim == rank:
+        outputs = outputs[None]
+    if (
+        outputs.ndim != rank + 1
+        or outputs.shape[1] != len(batch)
+        or tuple(outputs.shape[3:]) != codec.output_shape
+    ):
+        expected = ", ".join(str(size) for size in codec.output_shape)
         raise InferenceError(
-            f"the network returned heatmaps {tuple(maps.shape)} for {len(batch)} crops; the "
-            f"model's codec expects ([cycles,] {len(batch)}, K, {codec.heatmap_size[0]}, "
-            f"{codec.heatmap_size[1]})"
+            f"the network returned outputs {tuple(outputs.shape)} for {len(batch)} crops; the "
+            f"model's codec expects ([cycles,] {len(batch)}, K, {expected})"
         )
     if not flip:
-        return maps
-    plain, mirrored = maps[:, :count], maps[:, count:]
-    restored = codec.flip_back(mirrored.reshape(-1, *maps.shape[-3:])).reshape(mirrored.shape)
-    return (plain + restored) * 0.5
+        return outputs
+    plain, mirrored = outputs[:, :count], outputs[:, count:]
+    per_person = mirrored.reshape(-1, *outputs.shape[2:])
+    return (plain + codec.flip_back(per_person).reshape(mirrored.shape)) * 0.5
 
 
 def keypoints_in_image(
-    heatmaps: torch.Tensor, center: Array, scale: Array, codec: HeatmapCodec, method: str
+    outputs: torch.Tensor, center: Array, scale: Array, codec: Codec, method: str
 ) -> np.ndarray:
-    """Heatmaps (..., N, K, H, W) -> keypoints (..., N, K, 3): image x, y and the score."""
-    lead, maps_shape = heatmaps.shape[:-3], heatmaps.shape[-3:]
-    points, scores = codec.decode(heatmaps.reshape(-1, *maps_shape), method)
+    """Outputs (..., N, K, *O) -> keypoints (..., N, K, 3): image x, y and the score."""
+    split = outputs.ndim - 1 - len(codec.output_shape)  # the leading axes end with N
+    lead, per_person = outputs.shape[:split], outputs.shape[split:]
+    points, scores = codec.decode(outputs.reshape(-1, *per_person), method)
     points = points.reshape(*lead, *points.shape[-2:]).double()
     scores = scores.reshape(*lead, scores.shape[-1]).double()
     center = torch.as_tensor(np.asarray(center, dtype=np.float64))
@@ -93,16 +100,16 @@ def keypoints_in_image(
 
 
 def predict_crops(
-    runner: HeatmapRunner,
+    runner: OutputRunner,
     crops: Array,
     center: Array,
     scale: Array,
-    codec: HeatmapCodec,
+    codec: Codec,
     evaluate: EvaluateParams,
 ) -> np.ndarray:
     """The whole path for one batch of crops: keypoints (C, N, K, 3) in image pixels."""
-    heatmaps = flip_test_heatmaps(runner, crops, codec, evaluate.flip_test)
-    return keypoints_in_image(heatmaps, _numpy(center), _numpy(scale), codec, evaluate.decode)
+    outputs = flip_test_outputs(runner, crops, codec, evaluate.flip_test)
+    return keypoints_in_image(outputs, _numpy(center), _numpy(scale), codec, evaluate.decode)
 
 
 @dataclass

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from sdpose.config import Params
-from sdpose.core.codec import HeatmapCodec
+from sdpose.core.codecs import Codec, codec_for_params
 from sdpose.core.paths import (
     CANDIDATES,
     EVAL_METRICS,
@@ -80,9 +80,7 @@ def val_set(params: Params, workdir: Path) -> ValSet:
     return ValSet(split, annotations, boxes, len(pairs), digest.hexdigest()[:16])
 
 
-def val_batches(
-    workdir: Path, split: str, codec: HeatmapCodec
-) -> Iterator[dict[str, torch.Tensor]]:
+def val_batches(workdir: Path, split: str, codec: Codec) -> Iterator[dict[str, torch.Tensor]]:
     """The val crops as tensors, warped to the codec's input size (the feed's `val_batch`)."""
     from sdpose.data.feed import crop_shards, val_batch
 
@@ -90,13 +88,14 @@ def val_batches(
         table = pq.read_table(shard)
         for start in range(0, table.num_rows, BATCH_ROWS):
             batch = val_batch(table.slice(start, BATCH_ROWS), codec)
-            yield {name: torch.from_numpy(np.asarray(value)) for name, value in batch.items()}
+            # the columns of a pyarrow table are read-only; tensors want memory of their own
+            yield {name: torch.from_numpy(np.array(value)) for name, value in batch.items()}
 
 
 def evaluate_cycles(
-    runner: inference.HeatmapRunner,
+    runner: inference.OutputRunner,
     cycles: int,
-    codec: HeatmapCodec,
+    codec: Codec,
     params: Params,
     workdir: Path,
     val: ValSet,
@@ -104,7 +103,7 @@ def evaluate_cycles(
 ) -> tuple[list[dict[str, float]], list[dict]]:
     """COCO figures of each of `cycles` cycles (C dicts) and the student's COCO results.
 
-    One network call gives every cycle's heatmaps; each cycle is decoded and scored alone.
+    One network call gives every cycle's outputs; each cycle is decoded and scored alone.
     """
     found = [inference.Predictions() for _ in range(cycles)]
     for batch in val_batches(workdir, val.split, codec):
@@ -125,7 +124,7 @@ def model_cycles(
 ) -> tuple[list[dict[str, float]], list[dict]]:
     """`evaluate_cycles` of a PyTorch model: all its cycles, the codec of its own config."""
     cycles = model.config.cycles
-    codec = HeatmapCodec.for_model(model.config, params.train.sigma)
+    codec = codec_for_params(params, model.config)
     with torch.no_grad():
         return evaluate_cycles(
             inference.model_runner(model, cycles), cycles, codec, params, workdir, val, device

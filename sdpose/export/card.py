@@ -14,9 +14,11 @@ from typing import Any
 
 from torch import nn
 
+from sdpose.core.codecs import Codec, codec_record
 from sdpose.core.inputs import IMAGENET_MEAN, IMAGENET_STD
 from sdpose.core.paths import TRAIN_MODELS
-from sdpose.export.onnx import INPUT_NAME, OUTPUT_NAME
+from sdpose.core.simcc import SimCCCodec
+from sdpose.export.onnx import INPUT_NAME, output_name
 
 NORMALISATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
@@ -28,6 +30,7 @@ def model_card(
     evaluation: dict[str, Any] | None,
     workdir: Path,
     export_info: dict[str, Any],
+    codec: Codec,
 ) -> dict[str, Any]:
     """What a deployer needs to trust and call the file: origin, cost, accuracy, contract."""
     from sdpose.models.cost import model_info
@@ -65,12 +68,24 @@ def model_card(
             **NORMALISATION,
         },
         "output": {
-            "name": OUTPUT_NAME,
-            "shape": ["N", config.num_keypoints, *config.heatmap_size],
+            "name": output_name(config),
+            "shape": ["N", config.num_keypoints, *config.output_shape],
             "dtype": "float32",
-            "meaning": "COCO-17 heatmaps; heatmap pixel = input pixel / 4; decode with DARK",
+            "meaning": _output_meaning(codec),
+            "codec": codec_record(codec),  # what `sdpose predict` decodes with
         },
     }
+
+
+def _output_meaning(codec: Codec) -> str:
+    if isinstance(codec, SimCCCodec):
+        width, height = codec.bins
+        return (
+            f"COCO-17 SimCC logits: {width} x bins then {height} y bins, {codec.split} per "
+            f"input pixel; softmax(beta * logits) per axis, beta {codec.beta:g}"
+        )
+    stride = int(codec.stride[0])
+    return f"COCO-17 heatmaps; heatmap pixel = input pixel / {stride}; decode with DARK"
 
 
 def _training_params(checkpoint: dict[str, Any], workdir: Path) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from sdpose.config import Params
+from sdpose.core.codecs import Codec, codec_for_params
 from sdpose.core.paths import CROPS_DIR
 
 
@@ -45,10 +46,11 @@ def deploy_forms(
             "crops; run `sdpose crops`"
         )
         return section
-    section["forms"]["int8"] = _int8_form(params, workdir, model, onnx_path, runtimes)
-    fp32["ap"] = _onnx_ap(params, workdir, onnx_path, fp32_runtime)
+    codec = codec_for_params(params, model.config)
+    section["forms"]["int8"] = _int8_form(params, workdir, model, onnx_path, runtimes, codec)
+    fp32["ap"] = _onnx_ap(params, workdir, onnx_path, fp32_runtime, codec)
     int8 = section["forms"]["int8"]
-    int8["ap"] = _onnx_ap(params, workdir, int8_file, int8["runtime"])
+    int8["ap"] = _onnx_ap(params, workdir, int8_file, int8["runtime"], codec)
     int8["ap_drop"] = fp32["ap"] - int8["ap"]
     int8["speedup_batch8"] = (
         fp32_latency[fp32_runtime]["batch8"] / int8["latency_ms"][int8["runtime"]]["batch8"]
@@ -58,19 +60,22 @@ def deploy_forms(
 
 
 def _int8_form(
-    params: Params, workdir: Path, model: nn.Module, onnx_path: Path, runtimes: list[str]
+    params: Params,
+    workdir: Path,
+    model: nn.Module,
+    onnx_path: Path,
+    runtimes: list[str],
+    codec: Codec,
 ) -> dict[str, Any]:
-    """Quantize the fp32 file, then measure the int8 file: latency, heatmap gap to PyTorch."""
-    from sdpose.core.codec import HeatmapCodec
+    """Quantize the fp32 file, then measure the int8 file: latency, output gap to PyTorch."""
     from sdpose.deploy import latency
     from sdpose.deploy.quantize import calibration_images, int8_path, quantize_student
 
-    codec = HeatmapCodec.for_model(model.config, params.train.sigma)
     calibration = calibration_images(workdir, codec, params.export.calibration_samples)
     built = quantize_student(onnx_path, int8_path(onnx_path), calibration)
     images = _val_images(params, workdir, codec)
     with torch.no_grad():
-        expected = model(torch.from_numpy(images), cycles=1)[0].heatmaps.numpy()
+        expected = model(torch.from_numpy(images), cycles=1)[0].predictions.numpy()
     gap = latency.heatmap_gap(int8_path(onnx_path), runtimes, images, expected)
     measured = latency.latencies(int8_path(onnx_path), model.config.input_size, runtimes)
     runtime = latency.choose_runtime(params.export.runtime, measured)
@@ -97,10 +102,10 @@ def _val_images(params: Params, workdir: Path, codec, count: int = 32) -> np.nda
     return np.concatenate(batches)[:count]
 
 
-def _onnx_ap(params: Params, workdir: Path, path: Path, runtime: str) -> float:
+def _onnx_ap(params: Params, workdir: Path, path: Path, runtime: str, codec: Codec) -> float:
     from sdpose.deploy.scoring import onnx_student_ap
 
-    return onnx_student_ap(params, workdir, path, runtime)
+    return onnx_student_ap(params, workdir, path, runtime, codec)
 
 
 def _int8_gate(params: Params, fp32_ap: float, int8: dict[str, Any]) -> str:

@@ -1,8 +1,8 @@
 """The one-cycle student as one ONNX file, checked against PyTorch on every runtime.
 
-Only the student ships: the exported graph is `StudentHeatmaps`, the first cycle returning
-the heatmaps alone, so the file holds one pass of the shared layers whatever the training
-cycles were. From opset 23 on, attention is the standard ONNX `Attention` op (one fused
+Only the student ships: the exported graph is `StudentGraph`, the first cycle returning
+the head's output alone, so the file holds one pass of the shared layers whatever the
+training cycles were. From opset 23 on, attention is the standard ONNX `Attention` op (one fused
 kernel in onnxruntime >= 1.23); older opsets get MatMul and Softmax, for older runtimes.
 An export that does not reproduce PyTorch (onnx.checker, then max abs difference <=
 `export.atol` on real inference, on every installed runtime) fails here rather than in a
@@ -10,8 +10,9 @@ deployment.
 
 Contract of the file: input `images` (N, 3, H, W) float32 at the model's input size (256x192
 for the paper presets, 128x96 for the nano ones), RGB normalised with the ImageNet mean and
-std; output `heatmaps` (N, 17, h, w) float32 at its heatmap size; N is dynamic. The model
-card records both shapes, and `sdpose predict` reads them from the file.
+std; output `heatmaps` (N, 17, h, w) float32 at its heatmap size, or for the SimCC head
+`simcc` (N, 17, Wx + Hy) float32 logits, x bins then y bins; N is dynamic. The model card
+records both shapes and the codec to decode with, and `sdpose predict` reads them.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from sdpose.models.student import StudentHeatmaps
+from sdpose.models.student import StudentGraph
 
-INPUT_NAME, OUTPUT_NAME = "images", "heatmaps"
+INPUT_NAME = "images"
+OUTPUT_NAMES = {"heatmap": "heatmaps", "simcc": "simcc"}  # per head
 FUSED_ATTENTION_OPSET = 23  # the first opset with a standard Attention op
 
 
@@ -55,7 +57,7 @@ def export_onnx(
     config = model.config
     model.eval()
     fused = opset >= FUSED_ATTENTION_OPSET
-    student = StudentHeatmaps(model, fused_attention=fused).eval()
+    student = StudentGraph(model, fused_attention=fused).eval()
     generator = torch.Generator().manual_seed(seed)
     # Traced at batch >= 2: an example of batch 1 lets torch.export specialise N to 1.
     traced = max(2, *parity_batches)
@@ -67,7 +69,7 @@ def export_onnx(
             student,
             (example,),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=[output_name(config)],
             opset_version=opset,
             dynamic_shapes=({0: torch.export.Dim("N", min=1, max=4096)},),
             dynamo=True,
@@ -83,7 +85,7 @@ def export_onnx(
         raise ExportError(f"{path}: onnx.checker rejects the exported graph: {error}") from error
 
     def reference(images: torch.Tensor) -> torch.Tensor:  # the model as trained, unrewritten
-        return model(images, cycles=1)[0].heatmaps
+        return model(images, cycles=1)[0].predictions
 
     batches = [example[:batch] for batch in sorted(set(parity_batches))]
     per_runtime = _parity_diff(reference, path, batches, atol)
@@ -95,6 +97,11 @@ def export_onnx(
         "parity": per_runtime,  # runtime -> max abs difference from PyTorch
         "atol": atol,
     }
+
+
+def output_name(config) -> str:  # config: ModelConfig
+    """The file's output name: what the head predicts."""
+    return OUTPUT_NAMES[config.head]
 
 
 def _onnx_attention(query, key, value, heads: int):
@@ -114,24 +121,24 @@ def _parity_diff(
     batches: list[torch.Tensor],
     atol: float,
 ) -> dict[str, float]:
-    """{runtime: max |its heatmaps - PyTorch reference|} over the batches, for every
+    """{runtime: max |its outputs - PyTorch reference|} over the batches, for every
     installed runtime: onnxruntime on the file as it is and as `sdpose predict` runs it
     (contrib attention), OpenVINO if installed; ExportError above `atol` on any of them."""
     with torch.no_grad():
         expected = [reference(images).numpy() for images in batches]
     worst: dict[str, float] = {}
     for form, runtime, run in _parity_sessions(path):
-        for images, torch_heatmaps in zip(batches, expected, strict=True):
-            onnx_heatmaps = run(images.numpy())
-            if onnx_heatmaps.shape != torch_heatmaps.shape:
+        for images, torch_outputs in zip(batches, expected, strict=True):
+            onnx_outputs = run(images.numpy())
+            if onnx_outputs.shape != torch_outputs.shape:
                 raise ExportError(
-                    f"{path}: ONNX output {OUTPUT_NAME} has shape {onnx_heatmaps.shape}, "
-                    f"PyTorch {torch_heatmaps.shape} (batch {images.shape[0]})"
+                    f"{path}: the ONNX output has shape {onnx_outputs.shape}, "
+                    f"PyTorch {torch_outputs.shape} (batch {images.shape[0]})"
                 )
-            diff = float(np.abs(onnx_heatmaps - torch_heatmaps).max())
+            diff = float(np.abs(onnx_outputs - torch_outputs).max())
             if not diff <= atol:
                 raise ExportError(
-                    f"{path}: ONNX ({form}) and PyTorch heatmaps differ by {diff:.3g} > "
+                    f"{path}: ONNX ({form}) and PyTorch outputs differ by {diff:.3g} > "
                     f"export.atol {atol:g} (batch {images.shape[0]})"
                 )
             worst[runtime] = max(worst.get(runtime, 0.0), diff)
@@ -153,7 +160,7 @@ def _parity_sessions(path: Path) -> Iterator[tuple[str, str, Callable[[np.ndarra
 
 
 def _run_onnxruntime(session, images: np.ndarray) -> np.ndarray:
-    return session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+    return session.run(None, {INPUT_NAME: images})[0]  # the file's one output
 
 
 def _opset(graph) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 
 from sdpose.config import Params
 from sdpose.console import say
+from sdpose.core.codecs import codec_for_params
 from sdpose.core.paths import (
     CANDIDATES,
     CARD_NAME,
@@ -65,7 +66,8 @@ def run(params: Params, workdir: Path) -> dict[str, Any]:
     export_info = export_onnx(model, onnx_path, params.export.opset, params.export.atol)
     deployed = deploy_forms(params, workdir, model, onnx_path, export_info["parity"])
     source_name = str(checkpoint_path.relative_to(workdir))
-    card = model_card(model, checkpoint, source_name, evaluation, workdir, export_info)
+    codec = codec_for_params(params, model.config)
+    card = model_card(model, checkpoint, source_name, evaluation, workdir, export_info, codec)
     card["deploy"] = deployed
     write_text_atomic(out_dir / CARD_NAME, json.dumps(card, indent=2) + "\n")
     summary = {"onnx": str(onnx_path), "card": str(out_dir / CARD_NAME), **export_info}

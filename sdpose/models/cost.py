@@ -18,7 +18,7 @@ from torch import nn
 
 from sdpose.models.mct import Attention, PatchEmbedding, SDPose
 from sdpose.models.presets import PRESETS, ModelConfig, resolve_model_config
-from sdpose.models.student import StudentHeatmaps, TokenAttention
+from sdpose.models.student import StudentGraph, TokenAttention
 
 Counter = Callable[[nn.Module, torch.Tensor, torch.Tensor], int]
 
@@ -134,7 +134,7 @@ def model_info(preset_or_config: str | ModelConfig) -> dict:
         model.head(features, 1)
     with torch.no_grad(), MacCounter(model.head) as all_cycles:
         model.head(features, config.cycles)
-    deployed_head = StudentHeatmaps(model).model.head
+    deployed_head = StudentGraph(model).model.head
     with torch.no_grad(), MacCounter(deployed_head) as deployed:
         deployed_head(features, 1)
     inference = backbone.macs + one_cycle.macs

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdpose.models.backbones import build_backbone
+from sdpose.models.heads import HeatmapHead, build_head
 from sdpose.models.outputs import CycleOutput
 from sdpose.models.presets import ModelConfig
 
@@ -118,7 +119,6 @@ class MultiCycleTransformer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.patch_size, self.patch_grid = config.patch_size, config.patch_grid
-        self.heatmap_size = config.heatmap_size
         self.num_keypoints = config.num_keypoints
         self.readd_pos = config.pos_embedding == "sine-full"
         dim = config.dim
@@ -127,7 +127,10 @@ class MultiCycleTransformer(nn.Module):
         self.layers = nn.ModuleList(
             TransformerLayer(dim, config.heads, config.mlp_ratio) for _ in range(config.depth)
         )
-        self.heatmap_head = _heatmap_head(dim, config.heatmap_hidden, config.heatmap_size)
+        # the heatmap head keeps the official attribute name: official checkpoints load
+        head = build_head(config)
+        self.head_name = "heatmap_head" if isinstance(head, HeatmapHead) else "simcc_head"
+        self.add_module(self.head_name, head)
         # Fixed, so not a parameter and not saved: rebuilt bit-exactly from the config.
         # Zeros over the keypoint tokens let one add serve the whole sequence.
         pos = sine_position_embedding(config.patch_grid, dim)
@@ -163,19 +166,13 @@ class MultiCycleTransformer(nn.Module):
 
     def readout(self, tokens: torch.Tensor) -> CycleOutput:
         keypoint_tokens = tokens[:, : self.num_keypoints]
-        heatmaps = self.heatmap_head(keypoint_tokens)
-        heatmaps = heatmaps.reshape(*keypoint_tokens.shape[:2], *self.heatmap_size)
-        return CycleOutput(heatmaps, keypoint_tokens, tokens[:, self.num_keypoints :])
+        predictions = self.keypoint_head(keypoint_tokens)
+        return CycleOutput(predictions, keypoint_tokens, tokens[:, self.num_keypoints :])
 
-
-def _heatmap_head(dim: int, hidden: int, heatmap_size: tuple[int, int]) -> nn.Sequential:
-    """Keypoint token -> flattened heatmap: LN, Linear[, LN, Linear]."""
-    pixels = heatmap_size[0] * heatmap_size[1]
-    if hidden == 0:
-        return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, pixels))
-    return nn.Sequential(
-        nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.LayerNorm(hidden), nn.Linear(hidden, pixels)
-    )
+    @property
+    def keypoint_head(self) -> nn.Module:
+        """The configured head (`heatmap_head` or `simcc_head`)."""
+        return getattr(self, self.head_name)
 
 
 class SDPose(nn.Module):

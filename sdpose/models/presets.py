@@ -18,7 +18,17 @@ from sdpose.core.inputs import BOX_ASPECT
 
 BACKBONES = ("stem", "hrnet_w32", "none")
 POS_EMBEDDINGS = ("sine-full", "sine")
-OVERRIDABLE = ("cycles", "dim", "depth", "heads", "input_size", "heatmap_size")
+HEADS = ("heatmap", "simcc")  # sdpose.models.heads builds them
+OVERRIDABLE = (
+    "cycles",
+    "dim",
+    "depth",
+    "heads",
+    "input_size",
+    "heatmap_size",
+    "head",
+    "simcc_split",
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,8 @@ class ModelConfig:
     heatmap_size: tuple[int, int] = (64, 48)  # (h, w)
     pos_embedding: str = "sine-full"  # 'sine-full' re-adds it before every layer
     heatmap_hidden_dim: int | None = None  # None: the official rule, see `heatmap_hidden`
+    head: str = "heatmap"  # 'heatmap' (TokenPose, the paper) or 'simcc' (x and y bins)
+    simcc_split: int = 2  # SimCC bins per input pixel
 
     def __post_init__(self) -> None:
         problem = _first_problem(self)
@@ -82,6 +94,18 @@ class ModelConfig:
     def stride(self) -> int:
         """Input pixels per heatmap pixel (the same on both axes; `_first_problem` checks)."""
         return self.input_size[0] // self.heatmap_size[0]
+
+    @property
+    def simcc_bins(self) -> tuple[int, int]:
+        """(x bins, y bins) of the SimCC head: `simcc_split` per input pixel."""
+        return (self.input_size[1] * self.simcc_split, self.input_size[0] * self.simcc_split)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """What the head predicts per keypoint: (H, W) heatmaps or (Wx + Hy,) SimCC logits."""
+        if self.head == "simcc":
+            return (sum(self.simcc_bins),)
+        return tuple(self.heatmap_size)
 
     @property
     def heatmap_hidden(self) -> int:
@@ -121,7 +145,17 @@ def _first_problem(config: ModelConfig) -> str | None:
         return f"backbone: {config.backbone!r} is not one of {', '.join(BACKBONES)}"
     if config.pos_embedding not in POS_EMBEDDINGS:
         return f"pos_embedding: {config.pos_embedding!r} is not one of {', '.join(POS_EMBEDDINGS)}"
-    positive = ("stem_channels", "stem_planes", "stem_blocks", "dim", "depth", "heads")
+    if config.head not in HEADS:
+        return f"head: {config.head!r} is not one of {', '.join(HEADS)}"
+    positive = (
+        "stem_channels",
+        "stem_planes",
+        "stem_blocks",
+        "dim",
+        "depth",
+        "heads",
+        "simcc_split",
+    )
     for field in (*positive, "mlp_ratio", "cycles", "num_keypoints"):
         value = getattr(config, field)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -1,7 +1,7 @@
 """The deployed student as an inference graph: one cycle, rewritten to run fast, exactly.
 
 Training needs every cycle's tokens; the deployed model needs only the first cycle's
-heatmaps, and those read the K keypoint tokens alone. Three exact rewrites follow:
+head output (heatmaps or SimCC logits), and that reads the K keypoint tokens alone. Three exact rewrites follow:
 
 - The last layer updates only the keypoint tokens: its queries, output projection and MLP
   run on K of the K+P tokens, while keys and values still see all of them. The visual
@@ -106,8 +106,9 @@ def _linear_rows(linear: nn.Linear, start: int, stop: int) -> nn.Linear:
     return part.requires_grad_(False)
 
 
-class StudentHeatmaps(nn.Module):
-    """images (N, 3, H, W) -> first-cycle heatmaps (N, K, h, w), the graph that ships.
+class StudentGraph(nn.Module):
+    """images (N, 3, H, W) -> the first cycle's head output (N, K, *O), the graph that ships:
+    heatmaps (N, K, h, w) or SimCC logits (N, K, Wx + Hy).
 
     A rewritten copy: the given model is left as it is. `fused_attention` picks the one-op
     attention (for ONNX opset >= 23) or the MatMul/Softmax form.
@@ -125,7 +126,7 @@ class StudentHeatmaps(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # One cycle only: after the last layer just the K keypoint tokens are left.
-        return self.model(images, cycles=1)[0].heatmaps
+        return self.model(images, cycles=1)[0].predictions
 
 
 class _FusableGelu(nn.Module):

@@ -8,7 +8,7 @@ and the teacher, and reports. Rank 0 writes the checkpoint: model, optimiser, sc
 AMP scaler, epoch, best AP, the resolved params, and the history rows so far, so that a
 restored run records each epoch exactly once.
 
-Shapes: N batch, K keypoints, H x W heatmap.
+Shapes: N batch, K keypoints.
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ import torch.distributed as dist
 
 from sdpose import console
 from sdpose.config import Params
-from sdpose.core.codec import HeatmapCodec
+from sdpose.core.codecs import Codec, codec_for_params
 from sdpose.core.inputs import normalize_tensor
 from sdpose.models import build_model
 from sdpose.models.checkpoint import unwrap
 from sdpose.training import validate
 from sdpose.training.checkpoints import Progress, cpu_copy, report, restore
-from sdpose.training.losses import DistillationLoss
+from sdpose.training.losses import DistillationLoss, pose_loss_for
 from sdpose.training.passes import OpenedPass
 from sdpose.training.schedule import WarmupStepSchedule
 
@@ -138,7 +138,7 @@ def run_epoch(
         batch_size=per_worker_batch(params, world_size)
     )
     own_share = (batch for index, batch in enumerate(val_batches) if index % world_size == rank)
-    codec = HeatmapCodec.for_model(unwrap(trainee.model).config, params.train.sigma)
+    codec = codec_for_params(params)
     return row | validate_epoch(trainee, own_share, codec, params, annotations), next_pass
 
 
@@ -154,12 +154,14 @@ def per_worker_batch(params: Params, world_size: int) -> int:
 
 
 def distillation_loss(params: Params) -> DistillationLoss:
-    """The loss of every cycle and the token distillation between them, as `train` sets."""
+    """The head's loss on every cycle and the token distillation between them, as `train`
+    sets."""
     return DistillationLoss(
         token_weight=params.train.token_distill_weight,
         heatmap_distill_weight=params.train.heatmap_distill_weight,
         detach_teacher=params.train.detach_teacher,
         use_joint_weights=params.train.use_joint_weights,
+        pose_loss=pose_loss_for(params.model.resolve(), params.train),
     )
 
 
@@ -308,7 +310,7 @@ def _global_means(
 def validate_epoch(
     trainee: Trainee,
     batches: Iterator[dict[str, torch.Tensor]],
-    codec: HeatmapCodec,
+    codec: Codec,
     params: Params,
     annotations: Path,
 ) -> dict[str, float]:

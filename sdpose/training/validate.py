@@ -1,11 +1,11 @@
 """Validation during training: COCO AP of the student (cycle 1) and the teacher (last cycle).
 
-One eval-mode forward with `cycles=C` yields every cycle's heatmaps, so the student (what
+One eval-mode forward with `cycles=C` yields every cycle's outputs, so the student (what
 ships: one cycle) and the teacher (all C cycles) cost a single pass. Decoding and scoring
 are `sdpose.evaluation.inference`'s, the path the evaluate stage and `sdpose predict` use too. Each
 worker predicts its share of the validation batches; the shares are gathered and scored.
 
-Shapes: N persons, K keypoints, C cycles, H x W heatmap.
+Shapes: N persons, K keypoints, C cycles.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from sdpose.config import EvaluateParams
-from sdpose.core.codec import HeatmapCodec
+from sdpose.core.codecs import Codec
 from sdpose.evaluation import inference
 from sdpose.evaluation.inference import Predictions
 
@@ -27,7 +27,7 @@ ROLES = ("student", "teacher")
 def predict_batches(
     model: nn.Module,
     batches: Iterable[Mapping[str, torch.Tensor]],
-    codec: HeatmapCodec,
+    codec: Codec,
     evaluate: EvaluateParams,
     teacher_cycles: int,
 ) -> dict[str, Predictions]:

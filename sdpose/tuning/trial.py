@@ -76,7 +76,7 @@ class TrialReport(TuneReportCallback):
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         first = metrics[0]
-        student_loss = first.get("heatmap_loss_cycle1", first.get("loss", 0.0))
+        student_loss = first.get("pose_loss_cycle1", first.get("loss", 0.0))
         extra = {
             EPOCHS_DONE: int(first["epoch"]) + 1,
             SCORE: first["student_ap"] - TIE_BREAK * min(float(student_loss), 1.0),

@@ -28,7 +28,8 @@ from ray.data.dataset import MaterializedDataset
 from shared import REPO
 
 from sdpose.config import Params, load_params
-from sdpose.core.codec import HeatmapCodec, apply_affine
+from sdpose.core.codecs import codec_for_params
+from sdpose.core.geometry import apply_affine
 from sdpose.data import crop_rows, crops, feed
 from sdpose.data.manifest import write_manifest
 
@@ -237,7 +238,7 @@ def test_crops_are_cut_for_the_model_input_and_refused_by_another(coco_crops):
 @pytest.mark.timeout(300)
 def test_small_validation_split_is_computed_once(coco_crops, monkeypatch):
     params = Params()
-    sample_bytes = feed.sample_bytes(HeatmapCodec.for_params(params))
+    sample_bytes = feed.sample_bytes(codec_for_params(params))
     cached = feed.validation_feed(params, coco_crops)
     assert isinstance(cached, MaterializedDataset)
     expected = feed.val_dataset(params, coco_crops).take_all()

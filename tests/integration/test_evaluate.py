@@ -12,7 +12,7 @@ import torch
 from shared import COCO_SAMPLE
 
 from sdpose.config import Params
-from sdpose.core.codec import HeatmapCodec
+from sdpose.core.codecs import codec_for_params
 from sdpose.deploy.scoring import onnx_student_ap
 from sdpose.evaluation.stage import model_cycles, run, val_batches, val_set
 from sdpose.models import build_model
@@ -62,7 +62,7 @@ class TargetNetwork(torch.nn.Module):
         super().__init__()
         self.config = build_model("sdpose-nano").config  # two cycles
         self.targets = {}
-        for batch in val_batches(workdir, "val", HeatmapCodec.for_params(params)):
+        for batch in val_batches(workdir, "val", codec_for_params(params)):
             for image, target in zip(batch["images"], batch["target"], strict=True):
                 self.targets[image.numpy().tobytes()] = target
 

@@ -14,7 +14,7 @@ import onnx
 import pytest
 import torch
 
-from sdpose.core.codec import HeatmapCodec
+from sdpose.core.codecs import codec_for_model
 from sdpose.deploy import registry
 from sdpose.deploy.quantize import (
     INT8_NAME,
@@ -49,7 +49,7 @@ def quantized(tiny_dataset, tmp_path_factory):
     folder = tmp_path_factory.mktemp("int8")
     fp32 = folder / "sdpose-student.onnx"
     export_onnx(model, fp32, parity_batches=(1,))
-    codec = HeatmapCodec.for_model(model.config)
+    codec = codec_for_model(model.config)
     info = quantize_student(fp32, folder / INT8_NAME, calibration_images(tiny_dataset, codec, 20))
     val = next(val_batches(tiny_dataset, "val", codec))["images"].numpy()
     return model, fp32, folder / INT8_NAME, info, val

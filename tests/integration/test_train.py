@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 
+from sdpose.core.codecs import codec_for_params
 from sdpose.models.checkpoint import load_checkpoint
 from sdpose.training import run
 from sdpose.training.history import read_history_csv
@@ -22,9 +23,9 @@ pytestmark = pytest.mark.integration
 
 LOSS_TERMS = (
     "loss",
-    "heatmap_loss",
-    "heatmap_loss_cycle1",
-    "heatmap_loss_cycle2",
+    "pose_loss",
+    "pose_loss_cycle1",
+    "pose_loss_cycle2",
     "kpt_dist_loss",
     "vis_dist_loss",
     "heatmap_dist_loss",
@@ -40,10 +41,10 @@ def test_train_writes_every_output_and_resume_keeps_them(train_workdir, tiny_par
     assert [row["epoch"] for row in history] == [0, 1]
     for row in history:
         assert all(math.isfinite(row[name]) for name in LOSS_TERMS)
-        assert row["heatmap_loss"] == pytest.approx(
-            row["heatmap_loss_cycle1"] + row["heatmap_loss_cycle2"], rel=1e-6
+        assert row["pose_loss"] == pytest.approx(
+            row["pose_loss_cycle1"] + row["pose_loss_cycle2"], rel=1e-6
         )
-        parts = ("heatmap_loss", "kpt_dist_loss", "vis_dist_loss", "heatmap_dist_loss")
+        parts = ("pose_loss", "kpt_dist_loss", "vis_dist_loss", "heatmap_dist_loss")
         assert row["loss"] == pytest.approx(sum(row[name] for name in parts), rel=1e-6)
         assert row["kpt_dist_loss"] > 0 and row["vis_dist_loss"] > 0  # two cycles distil
         assert 0.0 <= row["student_ap"] <= 1.0 and 0.0 <= row["teacher_ap"] <= 1.0
@@ -91,7 +92,6 @@ def test_train_writes_every_output_and_resume_keeps_them(train_workdir, tiny_par
 def test_validation_scores_the_feeds_own_targets_ap_one(train_workdir, tiny_params) -> None:
     """The val feed's targets, decoded as if predicted, must match the COCO ground truth:
     crop geometry (feed), decoding (codec) and scoring (evaluation) agree on real data."""
-    from sdpose.core.codec import HeatmapCodec
     from sdpose.data import feed
     from sdpose.models.outputs import CycleOutput
     from sdpose.ray_runtime import ray_session
@@ -99,18 +99,18 @@ def test_validation_scores_the_feeds_own_targets_ap_one(train_workdir, tiny_para
     from sdpose.training.validate import Predictions, coco_ap, predict_batches
 
     class TargetsAsPredictions(torch.nn.Module):
-        heatmaps: torch.Tensor
+        predictions: torch.Tensor
 
         def forward(self, images, cycles=None):
             tokens = torch.zeros(len(images), 17, 4)
-            return [CycleOutput(self.heatmaps, tokens, tokens)] * (cycles or 1)
+            return [CycleOutput(self.predictions, tokens, tokens)] * (cycles or 1)
 
     params = tiny_params(train_workdir, {"evaluate.flip_test": False})
     network, found = TargetsAsPredictions(), Predictions()
     with ray_session(params.ray):
         for batch in feed.val_dataset(params, train_workdir).iter_torch_batches(batch_size=8):
-            network.heatmaps = batch["target"]
-            codec = HeatmapCodec.for_params(params)  # the model's own sizes: 128x96 -> 32x24
+            network.predictions = batch["target"]
+            codec = codec_for_params(params)  # the model's own sizes: 128x96 -> 32x24
             predictions = predict_batches(network, [batch], codec, params.evaluate, 1)
             found.extend(predictions["student"])
     annotations = TrainPaths.under(train_workdir, params).annotations

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from sdpose.core.codec import HeatmapCodec, apply_affine, invert_affine
+from sdpose.core.codec import HeatmapCodec
+from sdpose.core.geometry import apply_affine, invert_affine
 from sdpose.core.keypoints import FLIP_PAIRS, NUM_KEYPOINTS
 
 pytestmark = pytest.mark.unit

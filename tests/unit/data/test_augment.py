@@ -14,9 +14,12 @@ import pyarrow as pa
 import pytest
 import torch
 
+from sdpose.core.codecs import codec_for_model
+
 from sdpose.config import AugmentParams, CropsParams
 from sdpose.core import inputs
-from sdpose.core.codec import HeatmapCodec, apply_affine
+from sdpose.core.codec import HeatmapCodec
+from sdpose.core.geometry import apply_affine
 from sdpose.core.keypoints import FLIP_INDEX, FLIP_PAIRS
 from sdpose.data import augment, crop_rows, crops, feed
 from sdpose.data.manifest import SCHEMA
@@ -198,7 +201,7 @@ def test_same_seed_same_sample_whatever_the_batching(dot_crops):
 def test_batch_shapes_targets_and_normalisation(dot_crops, preset):
     table = dot_crops["raw"]
     config = build_model_config(preset)
-    codec = HeatmapCodec.for_model(config)
+    codec = codec_for_model(config)
     (in_h, in_w), (hm_h, hm_w) = config.input_size, config.heatmap_size
     batch = feed.augment_batch(table, AugmentParams(), seed=0, epoch=0, codec=codec)
     n = table.num_rows

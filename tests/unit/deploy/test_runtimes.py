@@ -62,7 +62,7 @@ def test_each_runtime_runs_the_file_like_pytorch(student, runtime):
     images = torch.randn(3, 3, *model.config.input_size, generator=torch.Generator().manual_seed(1))
     session = open_session(path, runtime, threads=1)
     with torch.no_grad():
-        expected = model(images, cycles=1)[0].heatmaps.numpy()
+        expected = model(images, cycles=1)[0].predictions.numpy()
     heatmaps = session.run(images.numpy())
     assert session.runtime == runtime
     assert session.input_shape == (None, 3, *model.config.input_size)

@@ -12,10 +12,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from sdpose.core.codecs import codec_for_model, codec_from_record
 from sdpose.export.card import model_card
 from sdpose.export.onnx import ExportError, _parity_diff, export_onnx
 from sdpose.models import PRESETS, build_model
-from sdpose.models.student import StudentHeatmaps
+from sdpose.models.student import StudentGraph
 
 pytestmark = pytest.mark.unit
 
@@ -45,14 +46,15 @@ def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("onnx")
     cache = {}
 
-    def export(preset: str, cycles: int | None = None):
-        if (preset, cycles) not in cache:
+    def export(preset: str, cycles: int | None = None, head: str | None = None):
+        if (preset, cycles, head) not in cache:
             overrides = {"cycles": cycles} if cycles else {}
+            overrides |= {"head": head} if head else {}
             model = realistic_weights(build_model(preset, **overrides))
-            path = folder / f"{preset}-{cycles}.onnx"
+            path = folder / f"{preset}-{cycles}{'-' + head if head else ''}.onnx"
             info = export_onnx(model, path, opset=23, atol=1e-4, parity_batches=(1,))
-            cache[preset, cycles] = model, path, info
-        return cache[preset, cycles]
+            cache[preset, cycles, head] = model, path, info
+        return cache[preset, cycles, head]
 
     return export
 
@@ -73,7 +75,7 @@ def test_export_matches_pytorch_for_every_preset(preset, exported):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (heatmaps,) = session.run(["heatmaps"], {"images": images.numpy()})
     with torch.no_grad():
-        expected = model(images, cycles=1)[0].heatmaps.numpy()
+        expected = model(images, cycles=1)[0].predictions.numpy()
     assert heatmaps.shape == (3, 17, *model.config.heatmap_size)
     assert expected.std() > 0.05  # the comparison is about real signal
     assert np.abs(heatmaps - expected).max() <= 1e-4
@@ -93,19 +95,35 @@ def test_sdpose_t_onnx_holds_one_cycle_whatever_the_training_cycles(exported):
     assert 2 * depth <= norms <= 2 * depth + 2
 
 
+def test_a_simcc_student_exports_its_logits_and_decodes_from_the_card(exported, tmp_path):
+    model, path, info = exported("sdpose-nano", head="simcc")
+    graph = onnx.load(str(path))
+    (output,) = graph.graph.output
+    dims = [d.dim_value or d.dim_param for d in output.type.tensor_type.shape.dim]
+    assert output.name == "simcc" and dims[1:] == [17, 96 * 2 + 128 * 2]
+    assert info["max_abs_diff"] <= 1e-4
+    codec = codec_for_model(model.config)
+    card = model_card(model, {}, "models/train/best.pt", None, tmp_path, info, codec)
+    assert card["output"]["shape"] == ["N", 17, 448] and card["output"]["name"] == "simcc"
+    assert codec_from_record(card["output"]["codec"]) == codec
+
+
 def test_parity_check_catches_a_graph_of_another_model(exported):
     _, path, _ = exported("sdpose-nano")
     other = realistic_weights(build_model("sdpose-nano"), seed=1)
     images = torch.randn(1, 3, *other.config.input_size)
-    message = r"nano-None\.onnx: ONNX \(as written\) and PyTorch heatmaps differ"
+    message = r"nano-None\.onnx: ONNX \(as written\) and PyTorch outputs differ"
     with pytest.raises(ExportError, match=message):
-        _parity_diff(StudentHeatmaps(other), path, [images], atol=1e-4)
+        _parity_diff(StudentGraph(other), path, [images], atol=1e-4)
 
 
 def test_model_card_states_origin_cost_and_contract(exported, tmp_path):
     model, _, info = exported("sdpose-nano")
     evaluation = {"student": {"AP": 0.42, "AP50": 0.8}}
-    card = model_card(model, {"epoch": 7}, "models/train/best.pt", evaluation, tmp_path, info)
+    codec = codec_for_model(model.config)
+    card = model_card(
+        model, {"epoch": 7}, "models/train/best.pt", evaluation, tmp_path, info, codec
+    )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert card["params"] == trainable
     assert card["preset"] == "sdpose-nano" and card["training_cycles"] == 2
@@ -113,6 +131,7 @@ def test_model_card_states_origin_cost_and_contract(exported, tmp_path):
     assert card["epoch"] == 7 and card["source_checkpoint"] == "models/train/best.pt"
     assert card["input"]["shape"] == ["N", 3, 128, 96] and card["input"]["name"] == "images"
     assert card["output"]["shape"] == ["N", 17, 32, 24] and card["output"]["name"] == "heatmaps"
+    assert codec_from_record(card["output"]["codec"]) == codec  # what predict decodes with
     assert card["onnx"]["opset"] >= 17
     assert 0 < card["gflops"] < 1  # the nano student: about 0.15 GMACs
     # the shipped graph skips the last layer's unread visual tokens

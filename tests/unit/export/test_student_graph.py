@@ -13,7 +13,7 @@ import torch
 from sdpose.export.onnx import export_onnx
 from sdpose.models import build_model
 from sdpose.models.cost import model_info
-from sdpose.models.student import StudentHeatmaps, split_heads_attention
+from sdpose.models.student import StudentGraph, split_heads_attention
 
 pytestmark = pytest.mark.unit
 
@@ -33,8 +33,8 @@ def test_student_graph_reproduces_the_first_cycle(fused):
     model = _lively(build_model("sdpose-nano"))
     images = torch.randn(2, 3, *model.config.input_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = model(images, cycles=1)[0].heatmaps
-        heatmaps = StudentHeatmaps(model, fused_attention=fused)(images)
+        expected = model(images, cycles=1)[0].predictions
+        heatmaps = StudentGraph(model, fused_attention=fused)(images)
     assert expected.std() > 0.05
     torch.testing.assert_close(heatmaps, expected, rtol=0, atol=1e-5)
 
@@ -42,7 +42,7 @@ def test_student_graph_reproduces_the_first_cycle(fused):
 def test_student_graph_leaves_the_trained_model_untouched():
     model = build_model("sdpose-nano").eval()
     before = {name: value.clone() for name, value in model.state_dict().items()}
-    StudentHeatmaps(model)
+    StudentGraph(model)
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
     assert all(type(layer).__name__ == "TransformerLayer" for layer in model.head.layers)
 

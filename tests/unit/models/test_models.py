@@ -28,16 +28,34 @@ def test_forward_backward_every_preset(preset):
     patches = config.num_patches
     for output in outputs:
         assert isinstance(output, CycleOutput)
-        assert output.heatmaps.shape == (batch, 17, *config.heatmap_size)
+        assert output.predictions.shape == (batch, 17, *config.heatmap_size)
         assert output.keypoint_tokens.shape == (batch, 17, config.dim)
         assert output.visual_tokens.shape == (batch, patches, config.dim)
-    loss = sum(output.heatmaps.square().mean() for output in outputs)
+    loss = sum(output.predictions.square().mean() for output in outputs)
     loss = loss + sum(output.visual_tokens.square().mean() for output in outputs)
     loss.backward()
     for name, param in model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
     assert model.head.keypoint_token.grad.abs().sum() > 0
     assert model.head.patch_embed.weight.grad.abs().sum() > 0
+
+
+def test_the_simcc_head_predicts_x_then_y_bins_on_every_cycle():
+    torch.manual_seed(0)
+    model = build_model("sdpose-nano", head="simcc", simcc_split=3).train()
+    config = model.config
+    assert config.simcc_bins == (96 * 3, 128 * 3) and config.output_shape == (672,)
+    assert not hasattr(model.head, "heatmap_head")
+    outputs = model(_images(2, config.input_size))
+    assert [tuple(o.predictions.shape) for o in outputs] == [(2, 17, 672)] * config.cycles
+    sum(o.predictions.square().mean() for o in outputs).backward()
+    assert model.head.simcc_head.classifier.weight.grad.abs().sum() > 0
+    heatmap = build_model("sdpose-nano")
+    # the head is the only difference: the SimCC classifier is smaller than the heatmap MLP
+    head_params = sum(p.numel() for p in model.head.simcc_head.parameters())
+    assert sum(p.numel() for p in model.parameters()) - head_params == sum(
+        p.numel() for p in heatmap.parameters()
+    ) - sum(p.numel() for p in heatmap.head.heatmap_head.parameters())
 
 
 def test_eval_runs_exactly_one_cycle_and_train_runs_all():
@@ -48,8 +66,8 @@ def test_eval_runs_exactly_one_cycle_and_train_runs_all():
         (student,) = model.eval()(images)
         all_cycles = model(images, cycles=model.config.cycles)
     # the eval forward is the first cycle of the training forward, nothing less or more
-    torch.testing.assert_close(student.heatmaps, all_cycles[0].heatmaps, rtol=0, atol=0)
-    assert (all_cycles[1].heatmaps - student.heatmaps).abs().max() > 1e-6
+    torch.testing.assert_close(student.predictions, all_cycles[0].predictions, rtol=0, atol=0)
+    assert (all_cycles[1].predictions - student.predictions).abs().max() > 1e-6
 
 
 @pytest.mark.parametrize("cycles", [1, 3, 4])
@@ -59,8 +77,8 @@ def test_explicit_cycles_run_that_many_in_both_modes(cycles):
         for mode in (True, False):
             outputs = model.train(mode)(_images(1), cycles=cycles)
             assert len(outputs) == cycles
-            assert all(o.heatmaps.shape == (1, 17, *model.config.heatmap_size) for o in outputs)
-            assert all(torch.isfinite(o.heatmaps).all() for o in outputs)
+            assert all(o.predictions.shape == (1, 17, *model.config.heatmap_size) for o in outputs)
+            assert all(torch.isfinite(o.predictions).all() for o in outputs)
 
 
 def test_invalid_cycles_are_refused():
@@ -75,7 +93,7 @@ def test_the_first_cycle_does_not_depend_on_how_many_follow():
     with torch.no_grad():
         one = model(_images(2), cycles=1)[0]
         first_of_three = model(_images(2), cycles=3)[0]
-    torch.testing.assert_close(one.heatmaps, first_of_three.heatmaps, rtol=0, atol=0)
+    torch.testing.assert_close(one.predictions, first_of_three.predictions, rtol=0, atol=0)
 
 
 def test_a_cycle_continues_from_all_tokens_of_the_previous_one():
@@ -84,8 +102,8 @@ def test_a_cycle_continues_from_all_tokens_of_the_previous_one():
         first, second = model(_images(2), cycles=2)
         tokens = torch.cat((first.keypoint_tokens, first.visual_tokens), dim=1)
         again = model.head.readout(model.head.run_layers(tokens))
-    torch.testing.assert_close(again.heatmaps, second.heatmaps)
-    assert (second.heatmaps - first.heatmaps).abs().max() > 1e-6  # cycles do differ
+    torch.testing.assert_close(again.predictions, second.predictions)
+    assert (second.predictions - first.predictions).abs().max() > 1e-6  # cycles do differ
 
 
 def test_layers_are_shared_across_cycles():
@@ -115,8 +133,8 @@ def test_eval_forward_is_deterministic_and_batch_independent():
     model = build_model("sdpose-nano").eval()
     images = _images(3)
     with torch.no_grad():
-        batched = model(images)[0].heatmaps
-        single = model(images[1:2])[0].heatmaps
+        batched = model(images)[0].predictions
+        single = model(images[1:2])[0].predictions
     torch.testing.assert_close(batched[1:2], single, rtol=1e-5, atol=1e-6)
 
 
@@ -133,6 +151,6 @@ def test_traces_without_data_dependent_control_flow():
     model = build_model("tokenpose-nano").eval()
     exported = torch.export.export(model, (_images(1),), strict=False)
     with torch.no_grad():
-        expected = model(_images(1))[0].heatmaps
-        got = exported.module()(_images(1))[0].heatmaps
+        expected = model(_images(1))[0].predictions
+        got = exported.module()(_images(1))[0].predictions
     torch.testing.assert_close(got, expected)

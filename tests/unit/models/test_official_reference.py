@@ -63,7 +63,7 @@ def test_all_three_cycles_match_the_official_outputs(converted):
     for index, output in enumerate(outputs, start=1):
         reference = expected[f"cycle_{index}"]
         pairs = [
-            ("heatmaps", output.heatmaps, reference["heatmaps"]),
+            ("heatmaps", output.predictions, reference["heatmaps"]),
             ("kpt_token", output.keypoint_tokens, reference["kpt_token"]),
             ("vis_token", output.visual_tokens, reference["vis_token"]),
         ]
@@ -84,4 +84,4 @@ def test_default_eval_forward_is_the_official_inference_output(converted):
     expected = torch.load(FIXTURE / "expected_outputs.pt", weights_only=True)
     with torch.no_grad():
         (only,) = model(images)
-    torch.testing.assert_close(only.heatmaps, expected["cycle_1"]["heatmaps"], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(only.predictions, expected["cycle_1"]["heatmaps"], atol=1e-4, rtol=1e-5)

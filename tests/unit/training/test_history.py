@@ -19,7 +19,7 @@ pytestmark = pytest.mark.unit
 
 def _row(epoch: int, cycles: int = 2) -> dict[str, float]:
     row = {"epoch": epoch, "student_ap": 0.1 * epoch, "teacher_ap": 0.2 * epoch, "lr": 1e-3}
-    row |= {f"heatmap_loss_cycle{c}": 1.0 / (epoch + c) for c in range(1, cycles + 1)}
+    row |= {f"pose_loss_cycle{c}": 1.0 / (epoch + c) for c in range(1, cycles + 1)}
     return row | {"loss": 2.0 / (epoch + 1), "samples_per_s": 10.0, "val_time_s": 1.5}
 
 

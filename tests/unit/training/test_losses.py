@@ -9,7 +9,13 @@ from shared import REFERENCE as SHARED_REFERENCE
 
 from sdpose.core.keypoints import JOINT_WEIGHTS
 from sdpose.models.outputs import CycleOutput
-from sdpose.training.losses import DistillationLoss
+from sdpose.training.losses import (
+    DistillationLoss,
+    HeatmapLoss,
+    SimCCLoss,
+    joints_mse_loss,
+    kl_discrete_loss,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -66,10 +72,10 @@ def test_terms_match_hand_computation() -> None:
     outputs = small_outputs(3)
     target, weight = small_target()
     terms = DistillationLoss(token_weight=0.5)(outputs, target, weight)
-    per_cycle = [hand_joints_mse(out.heatmaps, target, weight) for out in outputs]
+    per_cycle = [hand_joints_mse(out.predictions, target, weight) for out in outputs]
     for c, expected in enumerate(per_cycle, start=1):
-        assert terms[f"heatmap_loss_cycle{c}"].item() == pytest.approx(expected, rel=1e-5)
-    assert terms["heatmap_loss"].item() == pytest.approx(sum(per_cycle), rel=1e-5)
+        assert terms[f"pose_loss_cycle{c}"].item() == pytest.approx(expected, rel=1e-5)
+    assert terms["pose_loss"].item() == pytest.approx(sum(per_cycle), rel=1e-5)
     for key, field in (("kpt_dist_loss", "keypoint_tokens"), ("vis_dist_loss", "visual_tokens")):
         tokens = [getattr(out, field) for out in outputs]
         pairs = [0.5 * hand_mse(tokens[i], tokens[i + 1]) for i in range(2)]
@@ -86,13 +92,13 @@ def test_heatmap_distillation_when_on() -> None:
     outputs = small_outputs(3)
     target, weight = small_target()
     terms = DistillationLoss(heatmap_distill_weight=2.0)(outputs, target, weight)
-    maps = [out.heatmaps for out in outputs]
+    maps = [out.predictions for out in outputs]
     expected = 2.0 * (hand_mse(maps[0], maps[1]) + hand_mse(maps[1], maps[2]))
     assert terms["heatmap_dist_loss"].item() == pytest.approx(expected, rel=1e-5)
     assert terms["heatmap_dist_loss_pair2"].item() == pytest.approx(
         2.0 * hand_mse(maps[1], maps[2]), rel=1e-5
     )
-    parts = ("heatmap_loss", "kpt_dist_loss", "vis_dist_loss", "heatmap_dist_loss")
+    parts = ("pose_loss", "kpt_dist_loss", "vis_dist_loss", "heatmap_dist_loss")
     assert terms["loss"].item() == pytest.approx(sum(terms[p].item() for p in parts), rel=1e-6)
 
 
@@ -101,20 +107,20 @@ def test_joint_weights_multiply_the_target_weight() -> None:
     target, weight = small_target()
     terms = DistillationLoss(use_joint_weights=True)(outputs, target, weight)
     joint_weighted = weight * torch.from_numpy(JOINT_WEIGHTS)
-    expected = hand_joints_mse(outputs[0].heatmaps, target, joint_weighted)
-    assert terms["heatmap_loss"].item() == pytest.approx(expected, rel=1e-5)
-    plain = DistillationLoss()(outputs, target, weight)["heatmap_loss"].item()
-    assert terms["heatmap_loss"].item() > plain
+    expected = hand_joints_mse(outputs[0].predictions, target, joint_weighted)
+    assert terms["pose_loss"].item() == pytest.approx(expected, rel=1e-5)
+    plain = DistillationLoss()(outputs, target, weight)["pose_loss"].item()
+    assert terms["pose_loss"].item() > plain
 
 
 def test_reproduces_official_reference(official) -> None:
     outputs, expected = official
     terms = DistillationLoss()(outputs, expected["target"], expected["target_weight"])
-    assert terms["heatmap_loss"].item() == pytest.approx(expected["heatmap_loss"], rel=1e-5)
+    assert terms["pose_loss"].item() == pytest.approx(expected["heatmap_loss"], rel=1e-5)
     assert terms["vis_dist_loss"].item() == pytest.approx(expected["vis_dist_loss"], rel=1e-4)
     assert terms["kpt_dist_loss"].item() == pytest.approx(expected["kpt_dist_loss"], rel=1e-4)
     for c, value in enumerate(expected["heatmap_loss_per_cycle"], start=1):
-        assert terms[f"heatmap_loss_cycle{c}"].item() == pytest.approx(value, rel=1e-5)
+        assert terms[f"pose_loss_cycle{c}"].item() == pytest.approx(value, rel=1e-5)
     for i in (1, 2):
         vis_pair, kpt_pair = (
             expected["vis_dist_loss_per_pair"][i - 1],
@@ -167,7 +173,7 @@ def test_one_cycle_has_no_distillation() -> None:
     for key in ("kpt_dist_loss", "vis_dist_loss", "heatmap_dist_loss"):
         assert terms[key].item() == 0.0
     assert not any("pair" in key for key in terms)
-    assert terms["loss"].item() == terms["heatmap_loss"].item() > 0
+    assert terms["loss"].item() == terms["pose_loss"].item() > 0
 
 
 def test_bad_inputs_raise() -> None:
@@ -178,6 +184,63 @@ def test_bad_inputs_raise() -> None:
         loss([], target, weight)
     with pytest.raises(ValueError, match="target_weight"):
         loss(outputs, target, weight[:, :5])
-    with pytest.raises(ValueError, match="cycle 1 heatmaps"):
+    with pytest.raises(ValueError, match="cycle 1 predictions"):
         loss(outputs, target[:, :, :2], weight)
     assert np.isfinite(loss(outputs, target, weight)["loss"].item())
+
+
+# ----------------------------------------------------------------- the SimCC head's loss
+def mmpose_kl_discrete(pred, target, weight, bins, beta, label_beta) -> float:
+    """MMPose 1.x KLDiscretLoss.forward with nn.KLDivLoss, joint by joint; batch averaged."""
+    kl_div = torch.nn.KLDivLoss(reduction="none")
+    num, joints, _ = pred.shape
+    total = 0.0
+    for axis_pred, axis_target in zip(pred.split(bins, -1), target.split(bins, -1), strict=True):
+        for n in range(num):
+            for k in range(joints):
+                log_p = torch.log_softmax(axis_pred[n, k] * beta, dim=0)
+                labels = axis_target[n, k]
+                if label_beta is not None:
+                    labels = torch.softmax(labels * label_beta, dim=0)
+                total += float(kl_div(log_p, labels).mean()) * float(weight[n, k])
+    return total / num / joints
+
+
+@pytest.mark.parametrize("label_beta", [10.0, None])
+def test_kl_discrete_loss_is_mmposes_averaged_over_the_batch(label_beta):
+    generator = torch.Generator().manual_seed(3)
+    bins = (6, 8)
+    pred = torch.randn(2, 17, 14, generator=generator)
+    target = torch.rand(2, 17, 14, generator=generator)
+    target[0, 2] = 0  # an unlabelled joint: all-zero labels, weight 0
+    weight = (torch.rand(2, 17, generator=generator) > 0.3).float()
+    weight[0, 2] = 0
+    got = kl_discrete_loss(pred, target, weight, bins, beta=10.0, label_beta=label_beta)
+    expected = mmpose_kl_discrete(pred, target, weight, bins, 10.0, label_beta)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_kl_discrete_loss_is_least_at_the_label_distribution():
+    """softmax(beta * logits) = softmax(label_beta * labels) when logits = labels (equal betas)."""
+    generator = torch.Generator().manual_seed(4)
+    labels = torch.rand(3, 17, 20, generator=generator)
+    weight = torch.ones(3, 17)
+    at_labels = kl_discrete_loss(labels, labels, weight, (8, 12)).item()
+    noisy = labels + 0.3 * torch.randn(3, 17, 20, generator=generator)
+    assert abs(at_labels) < 1e-6 < kl_discrete_loss(noisy, labels, weight, (8, 12)).item()
+    simcc = DistillationLoss(pose_loss=SimCCLoss((8, 12)))
+    outputs = [CycleOutput(noisy, torch.zeros(3, 17, 4), torch.zeros(3, 5, 4))]
+    assert simcc(outputs, labels, weight)["pose_loss"].item() == pytest.approx(
+        kl_discrete_loss(noisy, labels, weight, (8, 12)).item()
+    )
+
+
+def test_foreground_weight_counts_the_pixels_under_the_gaussian_more():
+    target, weight = small_target()
+    pred = torch.zeros_like(target)
+    plain = joints_mse_loss(pred, target, weight).item()
+    weighted = joints_mse_loss(pred, target, weight, foreground_weight=10.0).item()
+    under = target > 0.05
+    expected = ((target * weight[..., None, None]) ** 2 * torch.where(under, 10.0, 1.0)).mean()
+    assert weighted == pytest.approx(expected.item(), rel=1e-6) and weighted > plain
+    assert HeatmapLoss(1.0)(pred, target, weight).item() == pytest.approx(plain)

@@ -87,7 +87,9 @@ class GroundTruthNet(nn.Module):
         bad = torch.where(mirrored, self.far_mirrored[person], self.far_maps[person])
         maps = [good] + [bad if self.wrong_teacher else good] * ((cycles or 1) - 1)
         tokens = torch.zeros(len(images), 17, 4)
-        return [CycleOutput(heatmaps=m, keypoint_tokens=tokens, visual_tokens=tokens) for m in maps]
+        return [
+            CycleOutput(predictions=m, keypoint_tokens=tokens, visual_tokens=tokens) for m in maps
+        ]
 
 
 def _batch(people: dict[str, np.ndarray], codec: HeatmapCodec) -> dict[str, torch.Tensor]:
