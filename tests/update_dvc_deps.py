@@ -8,12 +8,10 @@ else in the file stays as written. tests/unit/layout/test_dvc_deps.py checks the
 from __future__ import annotations
 
 import re
-import sys
 
 from import_graph import REPO, stage_code
 
-sys.path.insert(0, str(REPO))
-from sdpose.cli import STAGES  # noqa: E402
+from sdpose.cli import STAGES
 
 MARKER = "# the code it runs"
 

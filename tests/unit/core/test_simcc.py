@@ -83,7 +83,7 @@ def test_a_flat_prediction_scores_its_window_share(codec):
     logits = np.zeros((2, NUM_KEYPOINTS, sum(codec.bins)), np.float32)
     width = codec.bins[0]
     logits[..., width // 2] = logits[..., width + codec.bins[1] // 2] = 1e-6  # argmax: middle
-    decoded, scores = codec.decode(logits)
+    _, scores = codec.decode(logits)
     radius_x, radius_y = (np.ceil(2 * np.asarray(codec.sigma))).astype(int)
     expected = min((2 * radius_x + 1) / codec.bins[0], (2 * radius_y + 1) / codec.bins[1])
     assert scores == pytest.approx(np.full((2, NUM_KEYPOINTS), expected), abs=1e-6)
