@@ -20,8 +20,6 @@ Usage: python bench/ablation.py [--epochs 8] [--train-images 3000] [--val-images
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import statistics
 import tempfile
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from dataset_cache import build_dataset
+from run_log import finished_runs, record_run, run_key
 
 from sdpose.config import load_params
 
@@ -48,32 +47,6 @@ def base_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "synth.val_images": args.val_images,
         "train.epochs": args.epochs,
     }
-
-
-def run_key(label: str, seed: int, overrides: dict[str, Any]) -> str:
-    """What makes two runs the same run: configuration, seed and every shared setting."""
-    return json.dumps({"label": label, "seed": seed, "overrides": overrides}, sort_keys=True)
-
-
-def finished_runs(log: Path) -> dict[str, dict[str, Any]]:
-    """Runs recorded by earlier invocations (a torn last line from a kill is ignored)."""
-    done: dict[str, dict[str, Any]] = {}
-    if log.exists():
-        for line in log.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[record["key"]] = record["result"]
-    return done
-
-
-def record_run(log: Path, key: str, result: dict[str, Any]) -> None:
-    """Append one finished run; one line written with one call, flushed to disk."""
-    with log.open("a") as handle:
-        handle.write(json.dumps({"key": key, "result": result}) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def train_once(root: Path, overrides: dict[str, Any], seed: int) -> dict[str, Any]:

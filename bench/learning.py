@@ -1,15 +1,24 @@
-"""How fast does the model learn? AP against iterations and seconds, from scratch.
+"""Which head and loss learn fastest? AP against iterations and seconds, from scratch,
+side by side.
 
-Trains through the real `sdpose train` path (crop shards -> Ray Data augmentation -> Ray
-Train workers, validation every epoch: student and teacher AP with the project's COCO
-evaluation on ground-truth boxes) on a synthetic dataset built once under --workdir, with
-params.yaml's recipe plus the overrides given. Prints one line per evaluation point
-(epoch, iterations, wall seconds of training and validation, student and teacher AP), the
-time to first reach AP 0.05, and writes reports/learning_curve.csv and .png under
---workdir (or --out). Several --seeds draw one curve each; the table gives every seed.
+Every variant (VARIANTS: the paper's heatmap MSE, the foreground-weighted heatmap MSE,
+SimCC with RTMPose's KL loss) trains through the real `sdpose train` path (crop shards ->
+Ray Data augmentation -> Ray Train workers, validation every epoch: student and teacher AP
+with the project's COCO evaluation on ground-truth boxes) from scratch (`train.init:
+scratch`), on one synthetic dataset built once under --workdir, with params.yaml's recipe
+plus the overrides given, for the same epochs and seeds. Screen with one seed; confirm a
+winner with three (--seeds 0 1 2) where the curves separate.
 
-Usage: python bench/learning.py [--epochs 12] [--train-images 4000] [--val-images 200]
-       [--seeds 0] [--set key=value ...] [--workdir DIR] [--out DIR]
+Prints one line per evaluation point (variant, seed, epoch, iterations, wall seconds of
+training and validation, student and teacher AP), then per variant the time to first reach
+AP 0.05 and the final AP (mean and spread over seeds), and writes learning_curve.csv and
+learning_curve.png under --out (default WORKDIR/reports). Resumable run by run: each
+finished run is appended to WORKDIR/runs.jsonl, and a restarted bench with the same
+settings trains only the runs that are missing.
+
+Usage: python bench/learning.py [--variants simcc heatmap heatmap-fg] [--epochs 16]
+       [--train-images 4000] [--val-images 200] [--seeds 0] [--set key=value ...]
+       [--workdir DIR] [--out DIR]
 """
 
 from __future__ import annotations
@@ -17,16 +26,24 @@ from __future__ import annotations
 import argparse
 import csv
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from dataset_cache import build_dataset
+from run_log import finished_runs, record_run, run_key
 
 from sdpose.config import load_params, parse_override
 
-FIRST_AP = 0.05  # "has left the flat-heatmap plateau"
+FIRST_AP = 0.05  # "has left the flat plateau"
+# name -> the overrides that make the variant (everything else is shared)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "simcc": {"model.head": "simcc"},
+    "heatmap": {"model.head": "heatmap", "train.heatmap_foreground_weight": 1.0},
+    "heatmap-fg": {"model.head": "heatmap", "train.heatmap_foreground_weight": 10.0},
+}
 
 
 def train_curve(root: Path, overrides: dict[str, Any], seed: int) -> list[dict[str, float]]:
@@ -38,7 +55,7 @@ def train_curve(root: Path, overrides: dict[str, Any], seed: int) -> list[dict[s
     workdir = Path(tempfile.mkdtemp(prefix="learning-", dir=root))
     try:
         (workdir / "data").symlink_to(root / "data")
-        params = load_params(workdir / "params.yaml", {**overrides, "train.seed": seed})
+        params = load_params(root / "params.yaml", {**overrides, "train.seed": seed})
         run(params, workdir)
         rows = read_history_csv(workdir / "metrics" / "train_history.csv")
     finally:
@@ -55,8 +72,8 @@ def first_reaching(rows: list[dict[str, float]], threshold: float) -> dict[str, 
     return next((row for row in rows if row["student_ap"] >= threshold), None)
 
 
-def write_curves(curves: dict[int, list[dict[str, float]]], out: Path) -> tuple[Path, Path]:
-    """reports/learning_curve.csv (one row per seed and evaluation point) and its PNG."""
+def write_curves(curves: dict[tuple[str, int], list[dict[str, float]]], out: Path) -> list[Path]:
+    """learning_curve.csv (one row per variant, seed and evaluation point) and its PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,22 +81,28 @@ def write_curves(curves: dict[int, list[dict[str, float]]], out: Path) -> tuple[
 
     out.mkdir(parents=True, exist_ok=True)
     table = out / "learning_curve.csv"
-    columns = ["seed", "epoch", "iterations", "seconds", "student_ap", "teacher_ap",
+    columns = ["variant", "seed", "epoch", "iterations", "seconds", "student_ap", "teacher_ap",
                "pose_loss_cycle1"]  # fmt: skip
     with table.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        for seed, rows in curves.items():
-            writer.writerows({**row, "seed": seed} for row in rows)
+        for (variant, seed), rows in curves.items():
+            writer.writerows({**row, "variant": variant, "seed": seed} for row in rows)
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for seed, rows in curves.items():
+    colours = {name: f"C{index}" for index, name in enumerate(VARIANTS)}
+    for (variant, seed), rows in curves.items():
         for axis, x in zip(axes, ("iterations", "seconds"), strict=True):
-            xs = [row[x] for row in rows]
-            axis.plot(xs, [row["student_ap"] for row in rows], "o-", label=f"student, seed {seed}")
-            axis.plot(xs, [row["teacher_ap"] for row in rows], "x--", label=f"teacher, seed {seed}")
+            axis.plot(
+                [row[x] for row in rows],
+                [row["student_ap"] for row in rows],
+                "o-",
+                color=colours.get(variant),
+                alpha=0.85,
+                label=f"{variant}, seed {seed}",
+            )
     axes[0].set_xlabel("iterations")
     axes[1].set_xlabel("seconds (training + validation)")
-    axes[0].set_ylabel("COCO AP (synthetic val, ground-truth boxes)")
+    axes[0].set_ylabel("student AP (synthetic val, ground-truth boxes)")
     for axis in axes:
         axis.axhline(FIRST_AP, color="grey", linewidth=0.8, linestyle=":")
         axis.grid(alpha=0.3)
@@ -88,12 +111,37 @@ def write_curves(curves: dict[int, list[dict[str, float]]], out: Path) -> tuple[
     picture = out / "learning_curve.png"
     figure.savefig(picture, dpi=110)
     plt.close(figure)
-    return table, picture
+    return [table, picture]
+
+
+def summary_lines(curves: dict[tuple[str, int], list[dict[str, float]]]) -> list[str]:
+    """Per variant: when AP 0.05 was first reached, the final and best AP over the seeds."""
+    lines = [f"{'variant':<12} {'seeds':>5} {'AP 0.05 after':>18} {'final AP':>9} "
+             f"{'spread':>7} {'best AP':>8} {'seconds':>8}"]  # fmt: skip
+    for variant in dict.fromkeys(name for name, _ in curves):
+        runs = [rows for (name, _), rows in curves.items() if name == variant]
+        reached = [first_reaching(rows, FIRST_AP) for rows in runs]
+        when = (
+            f"{statistics.mean(r['seconds'] for r in reached):.0f} s / "
+            f"{statistics.mean(r['iterations'] for r in reached):.0f} it"
+            if all(reached)
+            else f"{sum(1 for r in reached if r)} of {len(runs)} seeds"
+        )
+        final = [rows[-1]["student_ap"] for rows in runs]
+        spread = statistics.stdev(final) if len(final) > 1 else 0.0
+        best = max(row["student_ap"] for rows in runs for row in rows)
+        seconds = statistics.mean(rows[-1]["seconds"] for rows in runs)
+        lines.append(
+            f"{variant:<12} {len(runs):>5} {when:>18} {statistics.mean(final):>9.4f} "
+            f"{spread:>7.4f} {best:>8.4f} {seconds:>8.0f}"
+        )
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--train-images", type=int, default=4000)
     parser.add_argument("--val-images", type=int, default=200)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -110,54 +158,47 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     if args.params.exists():
         shutil.copyfile(args.params, root / "params.yaml")  # the recipe under test
-    overrides = {
+    shared = {
         "synth.train_images": args.train_images,
         "synth.val_images": args.val_images,
         "train.epochs": args.epochs,
+        "train.init": "scratch",
         **dict(parse_override(text) for text in args.overrides),
     }
-    params = load_params(root / "params.yaml", overrides)
-    model = params.model.resolve()
+    params = load_params(root / "params.yaml", shared)
     print(
-        f"{model.name}: input {list(model.input_size)}, heatmaps {list(model.heatmap_size)}, "
-        f"{model.cycles} cycles; batch {params.train.batch_size}, lr {params.train.lr} "
-        f"({params.train.lr_schedule}), sigma {params.train.sigma}; {args.epochs} epochs of "
-        f"{args.train_images} synthetic images",
+        f"{params.model.preset}, {args.epochs} epochs of {args.train_images} synthetic images, "
+        f"batch {params.train.batch_size}, lr {params.train.lr} ({params.train.lr_schedule}); "
+        f"variants {', '.join(args.variants)}; seeds {args.seeds}",
         flush=True,
     )
+    log = root / "runs.jsonl"
+    done = finished_runs(log)
     started = time.perf_counter()
-    curves: dict[int, list[dict[str, float]]] = {}
+    curves: dict[tuple[str, int], list[dict[str, float]]] = {}
+    print(f"{'variant':<12} {'seed':>4} {'epoch':>5} {'iters':>6} {'seconds':>8} "
+          f"{'student AP':>10} {'teacher AP':>10}")  # fmt: skip
     with ray_session(params.ray):  # one Ray for the dataset and every run
         build_dataset(params, root)
+        # seed by seed, so that a stopped bench still holds paired comparisons
         for seed in args.seeds:
-            curves[seed] = train_curve(root, overrides, seed)
-            print(f"\nseed {seed}")
-            print(
-                f"{'epoch':>5} {'iters':>6} {'seconds':>8} {'student AP':>10} {'teacher AP':>10}"
-                f" {'student loss':>12}"  # the cycle-1 heatmap MSE: moves long before AP does
-            )
-            for row in curves[seed]:
-                print(
-                    f"{int(row['epoch']):>5} {int(row['iterations']):>6} {row['seconds']:>8.0f} "
-                    f"{row['student_ap']:>10.4f} {row['teacher_ap']:>10.4f} "
-                    f"{row['pose_loss_cycle1']:>12.6f}",
-                    flush=True,
-                )
-    table, picture = write_curves(curves, args.out or root / "reports")
-    print(f"\n{time.perf_counter() - started:.0f} s in all (dataset included); {table}, {picture}")
-    for seed, rows in curves.items():
-        reached = first_reaching(rows, FIRST_AP)
-        when = (
-            f"after {reached['seconds']:.0f} s ({int(reached['iterations'])} iterations)"
-            if reached
-            else "never"
-        )
-        best = max(rows, key=lambda row: row["student_ap"])
-        print(
-            f"seed {seed}: student AP {FIRST_AP} reached {when}; final student AP "
-            f"{rows[-1]['student_ap']:.4f} (best {best['student_ap']:.4f}), teacher AP "
-            f"{rows[-1]['teacher_ap']:.4f}, {rows[-1]['seconds']:.0f} s of training"
-        )
+            for variant in args.variants:
+                overrides = {**shared, **VARIANTS[variant]}
+                key = run_key(variant, seed, overrides)
+                if key not in done:
+                    done[key] = train_curve(root, overrides, seed)
+                    record_run(log, key, done[key])
+                curves[variant, seed] = done[key]
+                for row in done[key]:
+                    print(
+                        f"{variant:<12} {seed:>4} {int(row['epoch']):>5} "
+                        f"{int(row['iterations']):>6} {row['seconds']:>8.0f} "
+                        f"{row['student_ap']:>10.4f} {row['teacher_ap']:>10.4f}",
+                        flush=True,
+                    )
+    files = write_curves(curves, args.out or root / "reports")
+    print(f"\n{time.perf_counter() - started:.0f} s in all; {', '.join(map(str, files))}")
+    print("\n".join(summary_lines(curves)))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,27 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 
 
+INIT_STAGES = ("train", "tune")  # the stages that start from `train.init`'s weights
+
+
+def with_local_init(params: Params, workdir: Path) -> Params:
+    """`params` with a registry URI in `train.init` replaced by the downloaded checkpoint.
+
+    The training library reads files only (it sits below the registry); the command that
+    starts it fetches the registered version's weights. A version that is missing, or that
+    was registered without weights, is a parameter error naming the key.
+    """
+    if not params.train.init.startswith("models:/"):
+        return params
+    from sdpose.deploy.registry import RegistryError, download_weights
+
+    try:
+        path = download_weights(params, workdir, params.train.init)
+    except RegistryError as error:
+        raise ConfigError(f"train.init: {error}") from None
+    return params.model_copy(update={"train": params.train.model_copy(update={"init": str(path)})})
+
+
 def _add_params_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--params", type=Path, default=None, help="parameter file (default: ./params.yaml)"
@@ -75,6 +96,8 @@ def _run_stage(args: argparse.Namespace) -> int:
     from sdpose.console import result_line, stage_console
 
     params = params_from_args(args)  # a bad value fails before the log opens, on the terminal
+    if args.command in INIT_STAGES:
+        params = with_local_init(params, Path.cwd())
     module = importlib.import_module(STAGES[args.command][0])
     options = {key: getattr(args, key) for key in ("strict", "resume") if hasattr(args, key)}
     options = {key: value for key, value in options.items() if value is not None}

@@ -117,6 +117,9 @@ class AugmentParams(_Section):
 
 
 class TrainParams(_Section):
+    # where the weights start: scratch | a shipped name (sdpose/models/weights/index.json) |
+    # a checkpoint path | a registry URI (models:/NAME/VERSION or models:/NAME@ALIAS)
+    init: str = Field("scratch", min_length=1)
     seed: StrictInt = 0
     epochs: StrictInt = Field(6, ge=1)
     batch_size: StrictInt = Field(32, ge=1)

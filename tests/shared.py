@@ -27,6 +27,7 @@ TINY_DATA: dict[str, Any] = {
 # sdpose-nano shrunk to seconds per epoch on one core; no warmup, lr decays at epoch 1.
 TINY_MODEL: dict[str, Any] = {
     "model.preset": "sdpose-nano",
+    "train.init": "scratch",  # the shipped weights are for the full-size nano
     "model.dim": 32,
     "model.depth": 2,
     "train.batch_size": 8,

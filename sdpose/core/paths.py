@@ -34,6 +34,7 @@ REPORTS_DIR = Path("reports")
 EXPORT_DIR = Path("models/export")
 ONNX_NAME = "sdpose-student.onnx"
 INT8_NAME = "sdpose-student.int8.onnx"
+WEIGHTS_NAME = "weights.pt"  # a registered version's PyTorch checkpoint (train.init from it)
 CARD_NAME = "model_card.json"
 REGISTRY_DOWNLOADS = Path("models/registry")  # registered files fetched for predict
 # the checkpoints that evaluate scores and export chooses from, by the stage that made them

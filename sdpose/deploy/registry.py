@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from sdpose.core.paths import (
     INT8_NAME,
     ONNX_NAME,
     REGISTRY_DOWNLOADS,
+    WEIGHTS_NAME,
     resolve,
 )
 from sdpose.deploy.int8_gate import Int8Candidate, int8_outcome
@@ -144,10 +147,13 @@ def register_student(
     val_set: str,
     score_on_current_val: Callable[[Path], float] | None = None,
     int8: Int8Candidate | None = None,
+    weights: Path | None = None,
 ) -> dict[str, Any]:
     """Log a run with the ONNX file, card and metrics; register it; move the alias if better.
 
     `int8`: the export's int8 file, logged beside the fp32 one if it passes `int8_refusal`.
+    `weights`: the PyTorch checkpoint the student was exported from, logged as
+    WEIGHTS_NAME so that `train.init: models:/...` can fine-tune from a version.
 
     `metrics["student_ap"]` is the comparison key and `val_set` a fingerprint of the data it
     was measured on. When the champion was measured on another val set, its AP means
@@ -161,7 +167,11 @@ def register_student(
     client = _client(params, workdir)
     name = params.registry.model_name
     int8_verdict = int8_outcome(params, int8)
-    files = [onnx_path] + ([int8.path] if int8 and int8_verdict["registered"] else [])
+    files = {ONNX_NAME: onnx_path}
+    if int8 and int8_verdict["registered"]:
+        files[INT8_NAME] = int8.path
+    if weights is not None:
+        files[WEIGHTS_NAME] = weights
     run_id = _log_run(client, params, workdir, files, card, metrics, val_set)
     _ensure_registered_model(client, name)
     artifact_uri = client.get_run(run_id).info.artifact_uri
@@ -244,8 +254,14 @@ def _log_run(client, params, workdir, files, card, metrics, val_set) -> str:
             client.log_metric(run_id, key, float(value))
     for key, value in (card.get("training_params") or {}).items():
         client.log_param(run_id, key, json.dumps(value) if isinstance(value, dict) else value)
-    for path in files:
-        client.log_artifact(run_id, str(path), ARTIFACT_DIR)
+    with tempfile.TemporaryDirectory() as folder:  # each file under its registry name
+        for name, path in files.items():
+            target = Path(folder) / name
+            if Path(path).name == name:
+                client.log_artifact(run_id, str(path), ARTIFACT_DIR)
+                continue
+            shutil.copyfile(path, target)
+            client.log_artifact(run_id, str(target), ARTIFACT_DIR)
     client.log_dict(run_id, card, f"{ARTIFACT_DIR}/{CARD_NAME}")
     client.set_terminated(run_id)
     return run_id
@@ -258,7 +274,7 @@ def _ensure_registered_model(client, name: str) -> None:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(
-            name, description="SDPose one-cycle student (ONNX), heatmaps N x 17 x 64 x 48"
+            name, description="SDPose one-cycle student (ONNX file, model card, PyTorch weights)"
         )
 
 
@@ -301,6 +317,19 @@ def load_onnx(params: Params, workdir: Path, version_or_uri: str | int, form: st
     """
     if form not in ("fp32", "int8"):
         raise ValueError(f"form {form!r}: expected fp32 or int8")
+    return _version_file(
+        params, workdir, version_or_uri, INT8_NAME if form == "int8" else ONNX_NAME
+    )
+
+
+def download_weights(params: Params, workdir: Path, version_or_uri: str | int) -> Path:
+    """The PyTorch checkpoint a registered version was exported from (`train.init` from a
+    registry URI); a RegistryError for a version registered before weights were logged."""
+    return _version_file(params, workdir, version_or_uri, WEIGHTS_NAME)
+
+
+def _version_file(params: Params, workdir: Path, version_or_uri: str | int, file_name: str) -> Path:
+    """One artifact file of a version, read in place or downloaded."""
     client = _client(params, workdir)
     version = _resolve_version(client, params.registry.model_name, version_or_uri)
     source = client.get_model_version_download_uri(version.name, version.version)
@@ -320,10 +349,9 @@ def load_onnx(params: Params, workdir: Path, version_or_uri: str | int, form: st
                 tracking_uri=tracking_uri(params, workdir),
             )
         )
-    file_name = INT8_NAME if form == "int8" else ONNX_NAME
     path = folder / file_name
     if not path.is_file():
-        why = (version.tags or {}).get(INT8_TAG) if form == "int8" else None
+        why = (version.tags or {}).get(INT8_TAG) if file_name == INT8_NAME else None
         because = f" (int8: {why})" if why else ""
         raise RegistryError(
             f"{version.name} v{version.version}: no {file_name} in {folder}{because}"

@@ -72,13 +72,13 @@ def run(params: Params, workdir: Path) -> dict[str, Any]:
     write_text_atomic(out_dir / CARD_NAME, json.dumps(card, indent=2) + "\n")
     summary = {"onnx": str(onnx_path), "card": str(out_dir / CARD_NAME), **export_info}
     summary["deploy"] = deployed
-    summary["registry"] = _register(params, workdir, onnx_path, card, evaluation)
+    summary["registry"] = _register(params, workdir, onnx_path, card, evaluation, checkpoint_path)
     for line in deploy_lines(deployed, summary["registry"]):
         say(line)
     return summary
 
 
-def _register(params, workdir, onnx_path, card, evaluation) -> dict[str, Any]:
+def _register(params, workdir, onnx_path, card, evaluation, checkpoint_path) -> dict[str, Any]:
     from sdpose.deploy import registry
 
     if not evaluation or card["student_ap"] is None:
@@ -103,4 +103,5 @@ def _register(params, workdir, onnx_path, card, evaluation) -> dict[str, Any]:
         val_set,
         score_on_current_val,
         int8=int8_candidate(card["deploy"], onnx_path),
+        weights=checkpoint_path,
     )

@@ -54,13 +54,23 @@ def save_checkpoint(path: Path | str, model: nn.Module, **extra: Any) -> Path:
     return path
 
 
-def load_checkpoint(path: Path | str) -> tuple[SDPose, dict]:
-    """Rebuild the model of an sdpose checkpoint on the CPU; returns (model in eval mode,
-    the checkpoint dict with its extras). Move it with `.to(device)`."""
+def read_checkpoint(path: Path | str) -> dict:
+    """An sdpose checkpoint's dict (weights-only loading), checked to hold a model state
+    and its config; no model is built."""
     path = Path(path)
     payload = _read(path)
     if not isinstance(payload, dict) or not {"model", "config"} <= payload.keys():
         raise CheckpointError(f"{path}: an sdpose checkpoint needs 'model' and 'config' entries")
+    if not isinstance(payload["config"], dict):
+        raise CheckpointError(f"{path}: config: expected a mapping of architecture fields")
+    return payload
+
+
+def load_checkpoint(path: Path | str) -> tuple[SDPose, dict]:
+    """Rebuild the model of an sdpose checkpoint on the CPU; returns (model in eval mode,
+    the checkpoint dict with its extras). Move it with `.to(device)`."""
+    path = Path(path)
+    payload = read_checkpoint(path)
     try:
         config = ModelConfig.from_dict(payload["config"])
     except (TypeError, ValueError) as error:

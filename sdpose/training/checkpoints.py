@@ -39,6 +39,8 @@ class Progress:
     restores: int = 0  # how many times training continued from a checkpoint
     history: list[dict[str, float]] = field(default_factory=list)
     workers: list[dict[str, Any]] = field(default_factory=list)  # rank, node, weights digest
+    # student and teacher AP of train.init's weights before the first step (None: scratch)
+    initial: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

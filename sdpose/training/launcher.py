@@ -37,6 +37,7 @@ from sdpose.core.paths import (
 )
 from sdpose.training.checkpoints import BEST_FILE, STATE_FILE
 from sdpose.training.history import plot_history, write_history_csv, write_json
+from sdpose.training.init import resolve_init
 from sdpose.training.loop import train_loop_per_worker
 from sdpose.training.storage import RunStorage
 
@@ -82,6 +83,7 @@ def run(
     workdir = Path(workdir).resolve()
     paths = TrainPaths.under(workdir, params)
     _check_annotations(paths)
+    resolve_init(params, workdir)  # a train.init that cannot start this run: before Ray
     latest = paths.run.latest_checkpoint() if resume else None
     last_epoch = latest[0] if latest else -1
     if latest is None:  # a fresh run: never continue an old one by accident
@@ -149,6 +151,7 @@ def build_trainer(
 
     from sdpose.data import feed
 
+    init = resolve_init(params, workdir)
     resources = {"CPU": params.ray.cpus_per_worker}
     if params.ray.use_gpu:
         resources["GPU"] = 1
@@ -159,6 +162,7 @@ def build_trainer(
             "annotations": str(paths.annotations),
             "train_rows": feed.split_rows(workdir, "train"),
             "console": console,
+            "init": str(init.path) if init else None,
         },
         torch_config=TorchConfig(backend="nccl" if params.ray.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
@@ -198,7 +202,10 @@ def outputs_from_checkpoint(folder: Path, paths: TrainPaths, params: Params) -> 
     plot_history(history, paths.curves)
     final = history[-1]
     train_time = sum(row["epoch_time_s"] for row in history)
+    initial = progress.get("initial") or {}
     return {
+        "init": params.train.init,
+        "initial_student_ap": initial.get("student_ap"),
         "epochs": len(history),
         "student_ap": final["student_ap"],
         "teacher_ap": final["teacher_ap"],

@@ -40,6 +40,7 @@ from sdpose.models import build_model
 from sdpose.models.checkpoint import unwrap
 from sdpose.training import validate
 from sdpose.training.checkpoints import Progress, cpu_copy, report, restore
+from sdpose.training.init import initial_state
 from sdpose.training.losses import DistillationLoss, pose_loss_for
 from sdpose.training.passes import OpenedPass
 from sdpose.training.schedule import WarmupStepSchedule
@@ -76,17 +77,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # a fresh run's first pass starts up while the model is built (sdpose.training.passes);
     # a restored one opens its pass once it knows that epochs are left
     train_pass = open_train_pass(params, world_size) if checkpoint is None else None
-    trainee = build_trainee(params, device, total_iters=per_epoch * params.train.epochs)
+    # train.init's weights start a fresh run only; a restored one continues its own
+    init = config.get("init") if checkpoint is None else None
+    trainee = build_trainee(params, device, per_epoch * params.train.epochs, init_path=init)
     best_state: dict[str, torch.Tensor] | None = None
     progress = Progress()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            progress, best_state = restore(trainee, Path(folder), params)
-
     annotations = Path(config["annotations"])
     # rank 0 of a stage's own run talks to the terminal (sdpose.console); a Tune trial's
     # workers do not: the search prints one line per trial
     shown = bool(config.get("console", True)) and rank == 0
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            progress, best_state = restore(trainee, Path(folder), params)
+    elif init:
+        # what the run starts from, on the same val set: the fine-tuning's gain is measured
+        progress.initial = validate_model(trainee, params, annotations)
+        if shown:
+            console.say(
+                f"starting from {params.train.init}: student AP "
+                f"{progress.initial['student_ap']:.4f}, teacher AP "
+                f"{progress.initial['teacher_ap']:.4f}"
+            )
     total_iters = per_epoch * params.train.epochs
     for epoch in range(progress.epoch + 1, params.train.epochs):
         row, train_pass = run_epoch(
@@ -123,8 +134,7 @@ def run_epoch(
     (None after the last epoch). `total_iters` > 0: a progress bar over the run's
     iterations (sdpose.console).
     """
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
+    world_size = ray.train.get_context().get_world_size()
     loss_fn = distillation_loss(params)
     batches: Iterator[dict[str, torch.Tensor]] = iter(train_pass)
     if total_iters:
@@ -132,14 +142,23 @@ def run_epoch(
     row = {"epoch": epoch, **train_epoch(trainee, batches, loss_fn, epoch)}
     row["iterations"] = trainee.schedule.iteration  # optimiser steps so far, the whole run
     next_pass = open_train_pass(params, world_size) if epoch + 1 < params.train.epochs else None
-    # Validation is not split by Ray (a split drops rows to even the shards out): every
-    # worker reads all of it and predicts every world_size-th batch.
+    return row | validate_model(trainee, params, annotations), next_pass
+
+
+def validate_model(trainee: Trainee, params: Params, annotations: Path) -> dict[str, float]:
+    """Student and teacher AP of the model as it is, on the whole validation split.
+
+    Validation is not split by Ray (a split drops rows to even the shards out): every
+    worker reads all of it and predicts every world_size-th batch.
+    """
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
     val_batches = ray.train.get_dataset_shard("val").iter_torch_batches(
         batch_size=per_worker_batch(params, world_size)
     )
     own_share = (batch for index, batch in enumerate(val_batches) if index % world_size == rank)
     codec = codec_for_params(params)
-    return row | validate_epoch(trainee, own_share, codec, params, annotations), next_pass
+    return validate_epoch(trainee, own_share, codec, params, annotations)
 
 
 def open_train_pass(params: Params, world_size: int) -> OpenedPass[dict[str, torch.Tensor]]:
@@ -202,14 +221,22 @@ def iterations_per_epoch(train_rows: int, params: Params, world_size: int) -> in
 
 
 def build_trainee(
-    params: Params, device: torch.device, total_iters: int = 0, in_ray_train: bool = True
+    params: Params,
+    device: torch.device,
+    total_iters: int = 0,
+    in_ray_train: bool = True,
+    init_path: str | None = None,
 ) -> Trainee:
     """Model on the device (DDP when world > 1), Adam, warmup + decay schedule, AMP scaler.
 
     `total_iters` is the run's length in steps, which the cosine schedule decays over.
     `in_ray_train=False`: the same trainee for a plain single-process loop (bench/train.py).
+    `init_path`: the checkpoint `train.init` resolved to (`sdpose.training.init`), loaded
+    before the model is wrapped and moved.
     """
     model = build_model(params.model.preset, **params.model.overrides())
+    if init_path:
+        model.load_state_dict(initial_state(init_path))
     # prepare_model: DDP across the workers, parameters on the worker's device
     model = ray.train.torch.prepare_model(model) if in_ray_train else model.to(device)
     optimizer = torch.optim.Adam(
