@@ -37,6 +37,45 @@ def add_commands(
     pipeline.set_defaults(handler=run_pipeline)
     serve = commands.add_parser("serve", help="serve the Prefect deployment sdpose/full-pipeline")
     serve.set_defaults(handler=serve_deployment)
+    add_pretrained_commands(commands)
+
+
+def add_pretrained_commands(commands: argparse._SubParsersAction) -> None:
+    """`sdpose pretrained ship | list` (pipelines/pretrained.py, imported when run: it
+    loads torch and the evaluation, which every other command would pay for at start-up)."""
+    pretrained = commands.add_parser("pretrained", help="the pretrained weights the package ships")
+    actions = pretrained.add_subparsers(dest="action", required=True)
+    ship = actions.add_parser("ship", help="ship a training run's best student with its card")
+    ship.add_argument("name", help="the name train.init will take")
+    ship.add_argument("--workdir", type=Path, required=True, help="the training run's folder")
+    ship.add_argument("--heldout-seed", type=int, default=2, help="seed of the other val set")
+    ship.add_argument("--heldout-images", type=int, default=500)
+    ship.add_argument(
+        "--coco", type=Path, default=None, help="a COCO annotation file beside an images/ folder"
+    )
+    ship.add_argument("--note", default="", help="why this leg was trained, for the card")
+    ship.set_defaults(handler=_ship_pretrained)
+    listing = actions.add_parser("list", help="the shipped weights and their measured AP")
+    listing.set_defaults(handler=_list_pretrained)
+
+
+def _ship_pretrained(args: argparse.Namespace) -> int:
+    from pipelines.pretrained import ship
+
+    card = ship(
+        args.name, args.workdir, heldout_seed=args.heldout_seed,
+        heldout_images=args.heldout_images, coco=args.coco, note=args.note,
+    )  # fmt: skip
+    print(json.dumps(card["ap"], indent=2))
+    print(f"shipped {args.name} (sdpose/models/weights/{args.name}.pt and .json)")
+    return 0
+
+
+def _list_pretrained(args: argparse.Namespace) -> int:
+    from pipelines.pretrained import list_lines
+
+    print("\n".join(list_lines()) or "no pretrained weights are shipped")
+    return 0
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
@@ -68,12 +107,30 @@ def serve_deployment(args: argparse.Namespace) -> int:
     return 0
 
 
+def started_from(workdir: Path) -> str | None:
+    """What the trained student started from (train.json), when it was not scratch."""
+    train_path = workdir / TRAIN_METRICS
+    if not train_path.exists():
+        return None
+    train = json.loads(train_path.read_text())
+    if train.get("init", "scratch") == "scratch" or train.get("initial_student_ap") is None:
+        return None
+    return (
+        f"  started from {train['init']}: student AP {train['initial_student_ap']:.4f} on "
+        f"this val set before fine-tuning, {train['best_student_ap']:.4f} after "
+        f"{train['epochs']} epochs"
+    )
+
+
 def print_where_to_look(workdir: Path, params: Params) -> None:
     """What the run made and how to open it: the first thing a user needs after `make run`."""
     eval_path = workdir / EVAL_METRICS
     if eval_path.exists():
         evaluation = json.loads(eval_path.read_text())
         print(f"\nStudent AP (val, {evaluation['boxes']} boxes): {evaluation['student_ap']:.4f}")
+        start = started_from(workdir)
+        if start:
+            print(start)
     print("\nWhere to look:")
     for path, what in (
         (TRAIN_METRICS, "training summary (student and teacher AP)"),

@@ -274,8 +274,13 @@ _RESULTS = {
     "crops": lambda s: f"{s['rows']} crops ({s['crops_per_s']}/s) on Ray {s['ray']['address']}",
     "train": lambda s: (
         f"{s['epochs']} epochs, student AP {s['student_ap']:.4f}, teacher AP "
-        f"{s['teacher_ap']:.4f} (best student {s['best_student_ap']:.4f}), "
-        f"{s['samples_per_s']:.1f} samples/s"
+        f"{s['teacher_ap']:.4f} (best student {s['best_student_ap']:.4f}"
+        + (
+            f", from {s['initial_student_ap']:.4f} at {s['init']}"
+            if s.get("initial_student_ap") is not None
+            else ""
+        )
+        + f"), {s['samples_per_s']:.1f} samples/s"
     ),
     "tune": _tune,
     "evaluate": _evaluate,

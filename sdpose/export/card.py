@@ -8,7 +8,6 @@ input/output contract. The export stage adds the `deploy` section (sdpose.export
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from torch import nn
 from sdpose.core.codecs import Codec, codec_record
 from sdpose.core.inputs import IMAGENET_MEAN, IMAGENET_STD
 from sdpose.core.paths import TRAIN_MODELS
+from sdpose.core.provenance import git_commit
 from sdpose.core.simcc import SimCCCodec
 from sdpose.export.onnx import INPUT_NAME, output_name
 
@@ -53,7 +53,7 @@ def model_card(
         "source_checkpoint": source,
         "epoch": checkpoint.get("epoch"),
         "data_version": dvc_data_version(workdir),
-        "git_commit": git_commit(workdir),
+        "git_commit": git_commit(workdir) or git_commit(),
         "training_params": _training_params(checkpoint, workdir),
         "onnx": {
             key: export_info[key]
@@ -114,24 +114,6 @@ def dvc_data_version(workdir: Path) -> dict[str, str] | None:
             if str(out.get("path", "")).startswith("data/") and out.get("md5"):
                 version[out["path"]] = out["md5"]
     return version or None
-
-
-def git_commit(workdir: Path) -> str | None:
-    """HEAD of the repository holding the workdir, with `-dirty` for uncommitted changes."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=workdir,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("-dirty" if status.strip() else "")
 
 
 def read_json(path: Path) -> Any:

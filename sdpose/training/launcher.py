@@ -35,6 +35,7 @@ from sdpose.core.paths import (
     resolve,
     split_paths,
 )
+from sdpose.core.provenance import code_version
 from sdpose.training.checkpoints import BEST_FILE, STATE_FILE
 from sdpose.training.history import plot_history, write_history_csv, write_json
 from sdpose.training.init import resolve_init
@@ -84,6 +85,7 @@ def run(
     paths = TrainPaths.under(workdir, params)
     _check_annotations(paths)
     resolve_init(params, workdir)  # a train.init that cannot start this run: before Ray
+    code = code_version()  # at the start: the code may change while a long run trains
     latest = paths.run.latest_checkpoint() if resume else None
     last_epoch = latest[0] if latest else -1
     if latest is None:  # a fresh run: never continue an old one by accident
@@ -96,6 +98,7 @@ def run(
     else:
         summary, ray_info = train(params, workdir, paths, last_epoch + 1, placement_strategy)
     summary |= {
+        "code": code,  # which code trained it (shipped weights' cards cite it)
         "wall_time_s": time.perf_counter() - started,
         "resumed_after_epoch": last_epoch if last_epoch >= 0 else None,
         "run_dir": str(paths.run),

@@ -1,0 +1,160 @@
+"""`sdpose pretrained`: ship the weights a training run made, with their model card.
+
+The project's pretrained weights are made by its own pipeline (docs/pretrained.md): a
+workdir with a large synthetic set, `sdpose synth | prepare | crops`, then one or more
+`sdpose train` legs (a later leg starts from the shipped weights: `train.init: NAME`).
+`sdpose pretrained ship NAME --workdir W` takes the leg in W and writes, into the package's
+weights folder, the leg's best checkpoint, its card and the checksum in the index. The card
+states the architecture and cost, the code version, every leg (iterations, wall time, data
+seed and size, recipe, machine), and the student's AP measured here on three sets: W's own
+val, a synthetic val drawn with another seed, and (with --coco) a real COCO sample.
+
+`sdpose pretrained list` shows what the package ships (the commands: pipelines/commands.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sdpose.config import Params
+from sdpose.core.paths import CROPS_DIR, TRAIN_HISTORY, TRAIN_METRICS, TRAIN_MODELS, split_paths
+from sdpose.core.provenance import code_version
+from sdpose.data.synth import generate_split
+from sdpose.evaluation.heldout import heldout_ap
+from sdpose.models.checkpoint import load_checkpoint
+from sdpose.models.cost import model_info
+from sdpose.models.pretrained import WEIGHTS_DIR, add_to_index, shipped
+from sdpose.training.history import read_history_csv
+
+HELDOUT_SEED = 2
+AP_KEYS = ("AP", "AP50", "AP75", "AR", "instances")
+
+
+def list_lines() -> list[str]:
+    """One line per shipped set of weights: architecture, size, training, measured AP."""
+    lines = []
+    for name, entry in sorted(shipped().items()):
+        card = entry.card()
+        figures = ", ".join(f"{key} {value['AP']:.3f}" for key, value in card["ap"].items())
+        iterations = sum(leg["iterations"] for leg in card.get("legs", []))
+        architecture = card["architecture"]
+        lines.append(
+            f"{name}: {architecture['name']} ({architecture['head']} head), "
+            f"{card['params']:,} params, {iterations:,} iterations; AP {figures}"
+        )
+    return lines
+
+
+def ship(
+    name: str,
+    workdir: Path,
+    weights_dir: Path = WEIGHTS_DIR,
+    heldout_seed: int = HELDOUT_SEED,
+    heldout_images: int = 500,
+    coco: Path | None = None,
+    note: str = "",
+) -> dict[str, Any]:
+    """Measure the run's best student, write NAME.pt, NAME.json and the index entry."""
+    workdir = Path(workdir).resolve()
+    recorded = json.loads((workdir / TRAIN_MODELS / "config.json").read_text())
+    params = Params.model_validate(recorded["params"])
+    model, checkpoint = load_checkpoint(workdir / TRAIN_MODELS / "best.pt")
+    legs = [*earlier_legs(name, params, weights_dir), leg_record(workdir, params, checkpoint, note)]
+    card = {
+        "name": name,
+        "architecture": model.config.to_dict(),
+        "params": model_info(model.config)["params"],
+        "gflops": model_info(model.config)["gflops"],
+        "codec": {
+            "head": model.config.head,
+            "sigma": params.train.sigma,
+            "simcc_sigma": params.train.simcc_sigma,
+            "simcc_beta": params.train.simcc_beta,
+        },
+        "legs": legs,
+        "ap": measured_ap(model, params, workdir, heldout_seed, heldout_images, coco),
+        "protocol": "student (one cycle), ground-truth boxes, flip test, "
+        f"{params.evaluate.decode} decoding, rescoring and OKS-NMS, pycocotools",
+        "shipped_with": code_version(),
+    }
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    target, card_path = weights_dir / f"{name}.pt", weights_dir / f"{name}.json"
+    shutil.copyfile(workdir / TRAIN_MODELS / "best.pt", target)
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    add_to_index(weights_dir, name, target, card_path)
+    return card
+
+
+def earlier_legs(name: str, params: Params, weights_dir: Path) -> list[dict[str, Any]]:
+    """The legs of the weights this leg continued from, when it started from `name`."""
+    card_path = weights_dir / f"{name}.json"
+    if params.train.init != name or not card_path.is_file():
+        return []
+    return json.loads(card_path.read_text()).get("legs", [])
+
+
+def leg_record(workdir: Path, params: Params, checkpoint: dict, note: str) -> dict[str, Any]:
+    """One training leg: what it started from, its budget and data, recipe and machine."""
+    summary = json.loads((workdir / TRAIN_METRICS).read_text())
+    history = read_history_csv(workdir / TRAIN_HISTORY)
+    crops = json.loads((workdir / CROPS_DIR / "summary.json").read_text())
+    return {
+        "note": note,
+        "init": params.train.init,
+        "initial_student_ap": summary.get("initial_student_ap"),
+        "epochs": summary["epochs"],
+        "iterations": int(history[-1]["iterations"]),
+        "best_epoch": summary["best_epoch"],
+        "best_student_ap_during_training": summary["best_student_ap"],
+        "wall_time_s": round(summary["wall_time_s"], 1),
+        "samples_per_s": round(summary["samples_per_s"], 1),
+        "code": summary.get("code"),
+        "data": {
+            "source": params.data.source,
+            "synth": params.synth.model_dump(mode="json"),
+            "train_crops": crops["splits"]["train"]["rows"],
+            "val_crops": crops["splits"]["val"]["rows"],
+        },
+        "recipe": params.train.model_dump(mode="json", exclude={"augment", "max_failures"}),
+        "augment": params.train.augment.model_dump(mode="json"),
+        "machine": {
+            "workers": params.ray.num_workers,
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "gpu": params.ray.use_gpu,
+        },
+        "checkpoint_epoch": checkpoint.get("epoch"),
+    }
+
+
+def measured_ap(
+    model, params: Params, workdir: Path, seed: int, images: int, coco: Path | None
+) -> dict[str, Any]:
+    """The student's AP on the run's val, on a synthetic val of another seed, on COCO."""
+    annotations, image_root = split_paths(params.data.source, params.data.root, "val")
+    figures = {"own_val": _keep(heldout_ap(model, params, workdir / annotations,
+                                           workdir / image_root))}  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        document = generate_split(
+            "val", images, seed=seed, size=tuple(params.synth.image_size),
+            max_people=params.synth.max_people, images_dir=Path(folder) / "images",
+            workers=os.cpu_count() or 1, occluders=params.synth.occluders,
+            clutter=params.synth.clutter,
+        )  # fmt: skip
+        heldout = Path(folder) / "person_keypoints_val.json"
+        heldout.write_text(json.dumps(document))
+        stats = heldout_ap(model, params, heldout, Path(folder) / "images")
+        figures[f"synthetic_val_seed{seed}"] = _keep(stats) | {"images": images}
+    if coco is not None:
+        figures["coco_sample"] = _keep(heldout_ap(model, params, coco, coco.parent / "images"))
+    return figures
+
+
+def _keep(stats: dict[str, float]) -> dict[str, float]:
+    return {key: round(float(stats[key]), 4) for key in AP_KEYS if key in stats}
