@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 from sdpose.cli import params_from_args
@@ -22,6 +23,7 @@ from sdpose.core.paths import (
     TRAIN_METRICS,
     TUNE_METRICS,
 )
+from sdpose.core.workspace import hold_workspace
 from sdpose.deploy.registry import registered_line
 
 
@@ -34,6 +36,14 @@ def add_commands(
         "pipeline", help="run the whole Prefect flow locally (no server needed)"
     )
     add_params_options(pipeline)
+    pipeline.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="when another run holds the workspace, wait up to this long for it (default: "
+        "stop at once and say who holds it)",
+    )
     pipeline.set_defaults(handler=run_pipeline)
     serve = commands.add_parser("serve", help="serve the Prefect deployment sdpose/full-pipeline")
     serve.set_defaults(handler=serve_deployment)
@@ -84,10 +94,14 @@ def run_pipeline(args: argparse.Namespace) -> int:
     from pipelines.local import configure_local_prefect
 
     workdir = Path.cwd()
-    configure_local_prefect(workdir)
     params_from_args(args)  # fail before Prefect starts on a bad value
     overrides = dict(parse_override(text) for text in args.overrides)
-    results = sdpose_flow(overrides=overrides, workdir=str(workdir))
+    # a workspace run checks for another before any service starts (an experiment, any
+    # override, runs in its own copy of the workspace and needs no lock)
+    holding = nullcontext() if overrides else hold_workspace(workdir, "sdpose pipeline", args.wait)
+    with holding:
+        configure_local_prefect(workdir)
+        results = sdpose_flow(overrides=overrides, workdir=str(workdir))
     for result in results:
         print(f"{result['stage']:>10}: {'ran' if result['ran'] else 'up to date, skipped'}")
     experiment = next((result["experiment"] for result in results if "experiment" in result), None)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from sdpose.config import ConfigError
 from sdpose.deploy.registry import REGISTRY_ROOT_ENV
 
 EXPERIMENT_PREFIX = "prefect-"
@@ -46,7 +47,7 @@ def override_value(value: Any) -> str:
         return str(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ValueError(f"{value!r}: not a finite number")
+            raise ConfigError(f"{value!r}: not a finite number")
         return repr(value)
     if isinstance(value, str):
         # Hydra reads a backslash literally except in a run before a quote or the end.
@@ -59,10 +60,10 @@ def override_value(value: Any) -> str:
         items = []
         for key, item in value.items():
             if not isinstance(key, str) or not _KEY.match(key):
-                raise ValueError(f"{key!r}: a params key must be a name (letters, digits, _.-)")
+                raise ConfigError(f"{key!r}: a params key must be a name (letters, digits, _.-)")
             items.append(f"{key}: {override_value(item)}")
         return "{" + ", ".join(items) + "}"
-    raise ValueError(f"{value!r}: a params value must be YAML data, not {type(value).__name__}")
+    raise ConfigError(f"{value!r}: a params value must be YAML data, not {type(value).__name__}")
 
 
 def set_param_args(overrides: dict[str, Any], current: Mapping[str, Any]) -> list[str]:
@@ -75,11 +76,11 @@ def set_param_args(overrides: dict[str, Any], current: Mapping[str, Any]) -> lis
     args = []
     for key, value in overrides.items():
         if not _KEY.match(key):
-            raise ValueError(f"{key!r}: an override key must be dotted names, e.g. train.lr")
+            raise ConfigError(f"{key!r}: an override key must be dotted names, e.g. train.lr")
         try:
             encoded = override_value(value)
-        except ValueError as error:
-            raise ValueError(f"{key}: {error}") from None
+        except ConfigError as error:
+            raise ConfigError(f"{key}: {error}") from None
         if isinstance(value, dict) and isinstance(_lookup(current, key), Mapping):
             args += ["-S", f"~{key}"]
         args += ["-S", f"++{key}={encoded}"]

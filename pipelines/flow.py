@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from sdpose.core.paths import (
     TRAIN_METRICS,
     TUNE_METRICS,
 )
+from sdpose.core.workspace import hold_workspace
 from sdpose.deploy.registry import registered_line
 from sdpose.ray_runtime import run_ray
 
@@ -147,7 +149,10 @@ def sdpose_flow(overrides: dict[str, Any] | None = None, workdir: str = ".") -> 
     name = experiment_name(run_name)
     logs = root / "logs" / name if overrides else root / "logs"
     os.environ[LOG_DIR_ENV] = str(logs)  # an experiment's temporary copy logs here too
-    with run_ray(params.ray, record=logs / "ray.json") as ray_info:
+    # a workspace run holds the workspace (an experiment runs in its own copy): a second one
+    # stops at once, before Ray starts, instead of failing on DVC's lock later
+    holding = nullcontext() if overrides else hold_workspace(root, f"sdpose pipeline {run_name}")
+    with holding, run_ray(params.ray, record=logs / "ray.json") as ray_info:
         if ray_info["started"]:
             url, address = ray_info["dashboard_url"], ray_info["address"]
             print(f"Ray dashboard of this run: {url} (Ray at {address})")

@@ -2,8 +2,9 @@
 
 Each command is a thin call of a library function; stage modules are imported lazily so
 that `sdpose config show` answers in a fraction of a second without importing Ray or torch.
-Exit status: 0 success, 2 bad input or parameters (the message names file, record or key),
-1 any other failure.
+Exit status: 0 success, 2 bad input or parameters (`sdpose.core.errors.InputError`: the
+message names file, record or key), 1 any other failure (one line; the traceback is in
+logs/<command>.log), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import importlib
 import json
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,10 @@ from sdpose.config import (
     dump_params,
     load_params,
 )
+from sdpose.core.errors import InputError
+from sdpose.core.workspace import WorkspaceBusyError, hold_workspace
 
+BUSY = 75  # sysexits' EX_TEMPFAIL: another run holds the workspace, try again later
 COMMANDS_GROUP = "sdpose.commands"  # entry points: fn(subparsers, add_params_options)
 # Stage commands: name -> (module with `run(params, workdir, **options)`, help).
 STAGES: dict[str, tuple[str, str]] = {
@@ -102,7 +107,11 @@ def _run_stage(args: argparse.Namespace) -> int:
     options = {key: getattr(args, key) for key in ("strict", "resume") if hasattr(args, key)}
     options = {key: value for key, value in options.items() if value is not None}
     started = time.perf_counter()
-    with stage_console(args.command, Path.cwd()) as console:
+    # one run at a time writes a workspace (a stage run by the pipeline passes through)
+    with (
+        hold_workspace(Path.cwd(), f"sdpose {args.command}"),
+        stage_console(args.command, Path.cwd()) as console,
+    ):
         summary = module.run(params, Path.cwd(), **options)
         console.line(result_line(args.command, summary, time.perf_counter() - started))
     if args.json:
@@ -303,16 +312,47 @@ def _add_plugin_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 done, 2 bad input (`InputError`: one line naming the file, record or key), 75
+    another run holds the workspace (one line naming it), 1 anything else (one line; the
+    traceback goes to logs/<command>.log), 130 interrupted."""
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (ConfigError, ValueError, FileNotFoundError) as error:
+    except InputError as error:
         print(f"sdpose {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sdpose {args.command}: interrupted", file=sys.stderr)
         return 130
+    except WorkspaceBusyError as error:
+        print(f"sdpose {args.command}: {error}", file=sys.stderr)
+        return BUSY
+    except Exception as error:  # a bug or the environment, not the user's input
+        log = log_traceback(args.command, error)
+        print(
+            f"sdpose {args.command}: internal error: {type(error).__name__}: {error}; "
+            f"the traceback is in {log}",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def log_traceback(command: str, error: BaseException) -> str:
+    """Append the error's traceback to logs/<command>.log (unless the stage's console
+    already wrote it there); returns the log's path as shown to the user."""
+    from sdpose.console import log_dir
+
+    path = log_dir(Path.cwd()) / f"{command}.log"
+    if not getattr(error, "_sdpose_logged", False):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as log:
+            log.write(f"\n===== sdpose {command}: {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n")
+            traceback.print_exception(error, file=log)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 if __name__ == "__main__":

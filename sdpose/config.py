@@ -22,10 +22,12 @@ from pydantic import (
     model_validator,
 )
 
+from sdpose.core.errors import InputError
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """Parameters that cannot be used; the message names the file and the key."""
 
 
@@ -211,6 +213,10 @@ class RayParams(_Section):
     cpus_per_worker: float = Field(0.5, gt=0)
     storage_path: Path = Path("models/ray")
     dashboard_host: str = "127.0.0.1"
+    # the address a Ray that a run starts itself (address "") binds every listener to:
+    # loopback, so nothing is reachable from the network; a head other machines should
+    # join is `ray start --head` (or this set to the machine's address), joined with "auto"
+    node_ip: str = Field("127.0.0.1", min_length=1)
 
 
 class RegistryParams(_Section):

@@ -12,12 +12,14 @@ docs/console.md shows what a run looks like.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -201,7 +203,11 @@ def stage_console(stage: str, workdir: Path) -> Iterator[Console]:
     console.line(f"{stage}: started (detail: {_shown(path)})")
     try:
         yield console
-    except BaseException:
+    except BaseException as error:
+        # the traceback goes to the log, never to the terminal (sdpose.cli prints one line)
+        log.write("".join(traceback.format_exception(error)))
+        with contextlib.suppress(AttributeError):  # built-in exceptions without a __dict__
+            error._sdpose_logged = True
         console.line(f"{stage}: failed after {time.perf_counter() - started:.1f} s; "
                      f"the detail is in {_shown(path)}")  # fmt: skip
         raise
@@ -246,9 +252,16 @@ def _registry(summary: dict[str, Any]) -> str:
 def _tune(summary: dict[str, Any]) -> str:
     counts = (f"{summary['trial_count']} trials ({summary['completed']} completed, "
               f"{summary['stopped']} stopped early, {summary['failed']} failed)")  # fmt: skip
+    if summary.get("repeats"):
+        counts += f"; {summary['repeats']}"
     best = summary.get("best")
     if not best:
         return counts + "; no best trial"
+    if summary.get("learned") is False:
+        return (
+            f"{counts}; no trial learned anything: the best student AP, "
+            f"{best['student_ap']:.4f}, is below registry.min_ap {summary['min_ap']:g}"
+        )
     return f"{counts}; best {best['id']} {best['config']}: student AP {best['student_ap']:.4f}"
 
 

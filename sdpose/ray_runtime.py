@@ -70,12 +70,38 @@ def init_ray(ray_params: RayParams, log_to_driver: bool = True) -> dict[str, Any
                 "include_dashboard": True,
                 "dashboard_host": ray_params.dashboard_host,
             }
+            options |= _node_address(ray_params.node_ip)
         else:
             options["address"] = address
         ray.init(**options)
         started = True
     quiet_ray_logs()
     return {**describe_ray(), "started": started}
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Ray's single-machine mode, the one it runs in on macOS and Windows: the node's address is
+# loopback, and every server binds to it (GCS, raylet, object manager, workers, agents).
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _node_address(node_ip: str) -> dict[str, Any]:
+    """ray.init options (and process settings) for a local Ray at `ray.node_ip`.
+
+    On Linux Ray takes the machine's outbound address as the node's, turns a loopback
+    `_node_ip_address` into it too, and binds its gRPC servers to every interface. Its
+    single-machine mode (SINGLE_MACHINE_ENV=0, read by Ray at import, so set here for this
+    process and every process Ray starts) resolves the node to loopback instead, and then
+    nothing listens on the network (measured: README, "A Ray cluster"). Any other address
+    is the node's own, for a head other machines may reach.
+    """
+    if node_ip not in LOOPBACK:
+        return {"_node_ip_address": node_ip}
+    from ray._private import ray_constants
+
+    os.environ[SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # already imported: read at import time
+    return {}
 
 
 def describe_ray() -> dict[str, Any]:

@@ -9,6 +9,8 @@ Two kinds of trouble, treated differently on purpose:
 
 from __future__ import annotations
 
+from sdpose.core.errors import InputError
+
 import contextlib
 import io
 import json
@@ -24,7 +26,7 @@ from sdpose.core.keypoints import NUM_KEYPOINTS, PERSON_CATEGORY
 KEYPOINT_VALUES = 3 * NUM_KEYPOINTS  # 51: x, y, v per keypoint
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Input data that cannot be used; the message names the file, record and field."""
 
 

@@ -10,6 +10,8 @@ writes these rows (`crop_rows`), the feed and the int8 calibration read them
 
 from __future__ import annotations
 
+from sdpose.core.errors import InputError
+
 import math
 from pathlib import Path
 from typing import Any
@@ -160,7 +162,7 @@ def crop_rows(
     return pa.Table.from_pylist(out, schema=CROP_SCHEMA), skipped
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """An image that cannot be used; `kind` groups the reasons in the summary."""
 
     def __init__(self, kind: str, message: str) -> None:

@@ -30,6 +30,8 @@ input size (`check_crop_resolution`).
 
 from __future__ import annotations
 
+from sdpose.core.errors import InputError, MissingInputError
+
 import json
 import math
 from pathlib import Path
@@ -62,7 +64,7 @@ BLOCK_BYTES = 16 << 20
 CACHE_BYTES = 1 << 30  # what a split may hold in the object store
 
 
-class CropResolutionError(ValueError):
+class CropResolutionError(InputError):
     """Crops on disk were cut for another model input size than the configured one."""
 
 
@@ -76,7 +78,7 @@ def crop_shards(workdir: Path, split: str) -> list[str]:
     """The shard files of a split, refusing output that `sdpose crops` did not finish."""
     root = Path(workdir) / CROPS_DIR
     if split not in crops_summary(workdir).get("splits", {}):
-        raise FileNotFoundError(f"{root / 'summary.json'}: no split {split!r}; run `sdpose crops`")
+        raise MissingInputError(f"{root / 'summary.json'}: no split {split!r}; run `sdpose crops`")
     return [str(path) for path in sorted((root / split).glob("part-*.parquet"))]
 
 
@@ -84,7 +86,7 @@ def crops_summary(workdir: Path) -> dict:
     """`data/crops/summary.json`, written last by `sdpose crops`."""
     summary = Path(workdir) / CROPS_DIR / "summary.json"
     if not summary.exists():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{summary} missing: crops are absent or incomplete; run `sdpose crops`"
         )
     return json.loads(summary.read_text())

@@ -7,6 +7,8 @@ written by an incompatible version instead of misreading it.
 
 from __future__ import annotations
 
+from sdpose.core.errors import InputError
+
 import os
 from pathlib import Path
 
@@ -39,7 +41,7 @@ META_VERSION = b"sdpose.schema_version"
 META_IMAGE_ROOT = b"sdpose.image_root"
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A manifest file that cannot be used; the message names the file."""
 
 

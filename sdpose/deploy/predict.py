@@ -24,6 +24,7 @@ import numpy as np
 
 from sdpose.config import EvaluateParams, Params
 from sdpose.core.codecs import Codec, codec_for_output, codec_from_record
+from sdpose.core.errors import InputError
 from sdpose.core.inputs import center_scale, normalize_images
 from sdpose.core.paths import CARD_NAME, EXPORT_DIR, ONNX_NAME
 from sdpose.evaluation.inference import InferenceError, OutputRunner, Predictions, predict_crops
@@ -33,7 +34,7 @@ RESULTS_NAME = "keypoints.json"
 BATCH = 16  # persons per network call (twice that with the flip test)
 
 
-class PredictError(ValueError):
+class PredictError(InputError):
     """Input that cannot be predicted on; the message names the file, record and field."""
 
 

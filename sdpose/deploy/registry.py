@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sdpose.config import ConfigError, Params
+from sdpose.core.errors import InputError
 from sdpose.core.paths import (
     CARD_NAME,
     EXPORT_DIR,
@@ -52,7 +53,7 @@ NOT_CHAMPION_TAG = "not_champion"  # on a version refused by the min_ap gate: wh
 REGISTRY_ROOT_ENV = "SDPOSE_REGISTRY_ROOT"
 
 
-class RegistryError(RuntimeError):
+class RegistryError(InputError):
     """The registry cannot answer (unknown model or alias, missing artifact)."""
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from sdpose.core.errors import InputError
 from sdpose.core.paths import CARD_NAME
 
 CONTRIB_DOMAIN = "com.microsoft"
@@ -117,7 +118,7 @@ AUTO = "auto"  # the runtime the model card names (the faster one measured at ex
 FALLBACK = "onnxruntime"  # always installed: what "auto" means without a model card
 
 
-class RuntimeUnavailableError(ValueError):
+class RuntimeUnavailableError(InputError):
     """A runtime that is unknown or not installed (a ValueError: the CLI exits 2)."""
 
 

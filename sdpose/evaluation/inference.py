@@ -25,6 +25,7 @@ from torch import nn
 
 from sdpose.config import EvaluateParams
 from sdpose.core.codecs import Codec
+from sdpose.core.errors import InputError
 from sdpose.evaluation.coco_ap import coco_keypoint_ap, topdown_results
 
 Array = np.ndarray | torch.Tensor
@@ -32,7 +33,7 @@ Array = np.ndarray | torch.Tensor
 OutputRunner = Callable[[Array], Array]
 
 
-class InferenceError(ValueError):
+class InferenceError(InputError):
     """A network that answers with outputs of the wrong shape."""
 
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from sdpose.config import Params
 from sdpose.core.codecs import Codec, codec_for_params
+from sdpose.core.errors import MissingInputError
 from sdpose.core.paths import (
     CANDIDATES,
     EVAL_METRICS,
@@ -65,7 +66,7 @@ def val_set(params: Params, workdir: Path) -> ValSet:
     annotations, _ = split_paths(params.data.source, params.data.root, "val")
     annotations = resolve(workdir, annotations)
     if not annotations.is_file():
-        raise FileNotFoundError(f"{annotations}: val annotations not found (data.root)")
+        raise MissingInputError(f"{annotations}: val annotations not found (data.root)")
     split = "val" if params.evaluate.boxes is None else "val_det"
     image_ids, ann_ids = [], []
     for shard in crop_shards(workdir, split):
@@ -191,7 +192,7 @@ def run(params: Params, workdir: Path) -> dict[str, Any]:
     present = {name: workdir / path for name, path in CANDIDATES.items()}
     present = {name: path for name, path in present.items() if path.is_file()}
     if not present:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{workdir / CANDIDATES['train']}: no model to evaluate; run `sdpose train` first"
         )
     device = "cuda" if params.ray.use_gpu and torch.cuda.is_available() else "cpu"

@@ -15,6 +15,7 @@ from typing import Any
 from sdpose.config import Params
 from sdpose.console import say
 from sdpose.core.codecs import codec_for_params
+from sdpose.core.errors import MissingInputError
 from sdpose.core.paths import (
     CANDIDATES,
     CARD_NAME,
@@ -45,7 +46,7 @@ def choose_checkpoint(workdir: Path) -> tuple[str, Path, dict[str, Any] | None]:
         return name, workdir / CANDIDATES[name], entries[name]
     if (workdir / CANDIDATES["train"]).is_file():
         return "train", workdir / CANDIDATES["train"], None
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"{workdir / CANDIDATES['train']}: no trained model to export; run `sdpose train` first"
     )
 

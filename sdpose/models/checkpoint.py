@@ -17,12 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from sdpose.core.errors import InputError
 from sdpose.core.paths import atomic_file
 from sdpose.models.mct import SDPose
 from sdpose.models.presets import ModelConfig, resolve_model_config
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that does not fit the model; the message names the file and the keys."""
 
 

@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdpose.core.errors import InputError
+
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 INDEX_NAME = "index.json"
 
 
-class PretrainedError(ValueError):
+class PretrainedError(InputError):
     """Shipped weights that are unknown, missing or fail their checksum."""
 
 

@@ -19,6 +19,7 @@ import ray.train
 import torch
 
 from sdpose.config import Params
+from sdpose.core.errors import InputError
 from sdpose.models import build_model
 from sdpose.models.checkpoint import save_checkpoint, unwrap
 
@@ -53,7 +54,7 @@ def restore(
     state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     model = unwrap(trainee.model)
     if state["config"] != model.config.to_dict():
-        raise ValueError(
+        raise InputError(
             f"{folder / STATE_FILE}: the checkpoint's model {state['config']} differs from "
             f"the requested {model.config.to_dict()}; resume with the run's own parameters "
             "or start a fresh run"

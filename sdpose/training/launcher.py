@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from sdpose.config import Params
+from sdpose.core.errors import MissingInputError
 from sdpose.core.paths import (
     REPORTS_DIR,
     TRAIN_HISTORY,
@@ -128,7 +129,7 @@ def train(
 
 def _check_annotations(paths: TrainPaths) -> None:
     if not paths.annotations.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{paths.annotations}: validation annotations not found (data.root); "
             "the train stage scores COCO AP against them"
         )

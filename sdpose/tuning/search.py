@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdpose.config import Params
+from sdpose.config import ConfigError, Params
+from sdpose.core.errors import MissingInputError
 from sdpose.core.paths import CANDIDATES, REPORTS_DIR, TUNE_METRICS, resolve
 
 EXPERIMENT_NAME = "sdpose-tune"
@@ -96,10 +97,29 @@ def _check_inputs(params: Params, workdir: Path) -> None:
     crop_shards(workdir, "train")
     annotations = TrainPaths.under(workdir, params).annotations
     if not annotations.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{annotations}: validation annotations not found (data.root); "
             "every trial scores COCO AP against them"
         )
+    check_space_fits_init(params, workdir)
+
+
+def check_space_fits_init(params: Params, workdir: Path) -> None:
+    """Every trial starts from `train.init`'s weights: a space that changes the architecture
+    (anything in model.* but the cycles, which share one set of layers) cannot."""
+    from sdpose.training.init import resolve_init
+
+    init = resolve_init(params, workdir)
+    if init is None:
+        return
+    for key in params.tune.space:
+        if key.startswith("model.") and key != "model.cycles":
+            field = key.removeprefix("model.")
+            raise ConfigError(
+                f"tune.space.{key}: every trial starts from train.init ({params.train.init}), "
+                f"weights of one architecture ({field} {init.config.get(field)!r}); search "
+                f"{key} from scratch (--set train.init=scratch) or search other keys"
+            )
 
 
 def _tuner(params: Params, workdir: Path, paths: TunePaths, resumed: bool):
@@ -173,13 +193,22 @@ def _scheduler(params: Params):
 def _searcher(params: Params, concurrency: int):
     """Random search seeded by train.seed: the same params.yaml samples the same trials.
 
-    The generator limits concurrency itself (TuneConfig's max_concurrent_trials is ignored
-    with it); without a limit every trial starts at once, each driver waits for worker CPUs
-    another holds, and Ray Data gets none: the search hangs.
+    Over a finite space the trials are distinct configurations, drawn without replacement
+    (`distinct_points`, handed to the generator as the points it evaluates); a space with a
+    continuous domain is sampled by Tune. The generator limits concurrency itself
+    (TuneConfig's max_concurrent_trials is ignored with it); without a limit every trial
+    starts at once, each driver waits for worker CPUs another holds, and Ray Data gets
+    none: the search hangs.
     """
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    return BasicVariantGenerator(max_concurrent=concurrency, random_state=params.train.seed)
+    from sdpose.tuning.space import distinct_points
+
+    tune = params.tune
+    points, _ = distinct_points(tune.space, tune.num_samples, params.train.seed)
+    return BasicVariantGenerator(
+        points_to_evaluate=points, max_concurrent=concurrency, random_state=params.train.seed
+    )
 
 
 def _callbacks(params: Params, workdir: Path, paths: TunePaths) -> list:
@@ -227,9 +256,18 @@ def _summary(
     resumed: bool,
 ) -> dict[str, Any]:
     from sdpose.tuning.results import STATUSES
+    from sdpose.tuning.space import distinct_points
 
     trial_time = sum(row["time_s"] or 0.0 for row in rows)
+    _, repeats = distinct_points(params.tune.space, params.tune.num_samples, params.train.seed)
+    scored = [row["student_ap"] for row in rows if row.get("student_ap") is not None]
+    learned = bool(scored) and max(scored) >= params.registry.min_ap
     return {
+        "distinct_configs": len({repr(sorted(row["config"].items())) for row in rows}),
+        "repeats": repeats,  # None, or why some trials repeat a configuration
+        # below registry.min_ap no trial learned anything worth naming: the summary says so
+        "learned": learned,
+        "min_ap": params.registry.min_ap,
         "metric": "student_ap",
         "scheduler": params.tune.scheduler,
         "scheduler_metric": "score (student_ap, ties broken by the student's heatmap loss)",

@@ -6,8 +6,11 @@ Torch-free and Ray-light: the main process, the trial drivers and the tests all 
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
+
+import numpy as np
 
 from sdpose.config import (
     ConfigError,
@@ -17,13 +20,14 @@ from sdpose.config import (
     apply_overrides,
     validate_params,
 )
+from sdpose.core.errors import InputError
 
 # A Ray Data task asks for one whole CPU; a search that leaves less than this free beside
 # its training workers starves the input pipeline and hangs without an error.
 DATA_CPUS = 1.0
 
 
-class InvalidTrialConfigError(ValueError):
+class InvalidTrialConfigError(InputError):
     """A sampled combination that cannot be built (say model.dim not divisible by heads)."""
 
 
@@ -50,6 +54,41 @@ def search_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
         make = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}
         domains[key] = make[kind](*values)
     return domains
+
+
+def distinct_points(
+    space: dict[str, dict[str, Any]], num_samples: int, seed: int
+) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """The configurations a search over a finite space runs, each at most once: a seeded
+    draw without replacement (every point once when num_samples covers the space; beyond
+    that, a second round, and a note saying how many trials repeat one).
+
+    None for a space with a continuous domain (uniform, loguniform): random draws there
+    repeat with probability 0, and Tune samples them itself.
+    """
+    values: dict[str, list[Any]] = {}
+    for key, spec in space.items():
+        kind, domain = next(iter(spec.items()))
+        if kind == "choice":
+            values[key] = list(domain)
+        elif kind == "randint":
+            values[key] = list(range(int(domain[0]), int(domain[1])))
+        else:
+            return None, None
+    grid = [dict(zip(values, combo, strict=True)) for combo in itertools.product(*values.values())]
+    if not grid:
+        return None, None
+    rng = np.random.default_rng(seed)
+    points: list[dict[str, Any]] = []
+    while len(points) < num_samples:
+        points += [grid[index] for index in rng.permutation(len(grid))]
+    note = None
+    if num_samples > len(grid):
+        note = (
+            f"tune.space holds {len(grid)} configurations and tune.num_samples is "
+            f"{num_samples}: {num_samples - len(grid)} trials repeat a configuration"
+        )
+    return points[:num_samples], note
 
 
 def trial_params(base: dict[str, Any], trial_config: dict[str, Any], max_epochs: int) -> Params:

@@ -127,3 +127,16 @@ def test_onnx_student_scores_like_the_pytorch_student(workdir, tmp_path):
     assert onnx_student_ap(params, workdir, tmp_path / "student.onnx") == pytest.approx(
         per_cycle[0]["AP"], abs=1e-3
     )
+
+
+def test_evaluation_emits_no_warning(workdir):
+    """The val crops become tensors of their own (pyarrow's columns are read-only: turning
+    one into a tensor used to warn of undefined behaviour on every evaluation)."""
+    import warnings
+
+    params = coco_params(workdir)
+    model = build_model(params.model.preset).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model_cycles(model, params, workdir, val_set(params, workdir))
+    assert [str(warning.message) for warning in caught] == []

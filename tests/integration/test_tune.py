@@ -1,9 +1,10 @@
 """`sdpose tune` on the tiny synthetic crops: real Ray Tune searches of real Ray Train runs.
 
-The search test samples (seeded) one valid and one invalid embedding size and two learning
-rates, so that it holds a trial that must fail (dim 36 with 8 heads), a good trial, a
-hopeless one (lr 1e-8) that ASHA must stop at its first rung, and a good one after it,
-which can only train once the stopped trial's workers gave their CPUs back. The resume
+The search test draws (seeded, without replacement) 4 of the 6 configurations of one valid
+and one invalid embedding size and three learning rates, so that it holds a trial that must
+fail (dim 36 with 8 heads), a good trial, a hopeless one (lr 1e-8) that ASHA must stop at
+its first rung, and a good one after it, which can only train once the stopped trial's
+workers gave their CPUs back; no configuration runs twice. The resume
 test kills a search after its first trial finished and resumes it: the finished trial is
 not run again.
 """
@@ -46,15 +47,15 @@ TINY_TUNE = {
     "tune.scheduler": "asha",
     "tune.max_concurrent": 1,  # trials run in sampling order: ASHA's decisions are fixed
 }
-GOOD_LR, HOPELESS_LR = 1e-3, 1e-8
-# Seed 2 samples [dim 36, dim 32 lr 1e-3, dim 32 lr 1e-8, dim 32 lr 1e-3]; asserted below.
+GOOD_LR, HOPELESS_LR, OTHER_GOOD_LR = 1e-3, 1e-8, 2e-3
+# Seed 19 draws [dim 36 lr 1e-8, dim 32 lr 2e-3, dim 32 lr 1e-8, dim 32 lr 1e-3]; asserted below.
 SEARCH = {
     **TINY_TUNE,
-    "train.seed": 2,
+    "train.seed": 19,
     "tune.num_samples": 4,
     "tune.space": {
         "model.dim": {"choice": [32, 36]},
-        "train.lr": {"choice": [GOOD_LR, HOPELESS_LR]},
+        "train.lr": {"choice": [GOOD_LR, HOPELESS_LR, OTHER_GOOD_LR]},
     },
 }
 
@@ -71,9 +72,11 @@ def test_search_records_trials_stops_early_and_survives_a_bad_config(
     assert len(rows) == 4
     configs = [(row["config"]["model.dim"], row["config"]["train.lr"]) for row in rows]
     valid = [row for row in rows if row["config"]["model.dim"] == 32]
-    assert any(dim == 36 for dim, _ in configs), f"seed 2 no longer samples dim 36: {configs}"
+    assert len(set(configs)) == 4 and summary["distinct_configs"] == 4  # the budget is spent
+    assert any(dim == 36 for dim, _ in configs), f"seed 19 no longer draws dim 36: {configs}"
     order = [row["config"]["train.lr"] for row in valid]
-    assert order == [GOOD_LR, HOPELESS_LR, GOOD_LR], f"seed 2 samples another order: {configs}"
+    expected_order = [OTHER_GOOD_LR, HOPELESS_LR, GOOD_LR]
+    assert order == expected_order, f"seed 19 draws another order: {configs}"
 
     for row in rows:
         if row["config"]["model.dim"] == 36:  # 36 % 8 != 0: failed with the keyed reason
