@@ -143,7 +143,7 @@ def _model_info(args: argparse.Namespace) -> int:
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    columns = ["preset", "cycles", "input", "heatmap", "params", "gflops",
+    columns = ["preset", "cycles", "input", "output", "params", "gflops",
                "gflops_with_attention", "gflops_train"]  # fmt: skip
     # gflops: one-cycle inference multiply-adds (paper convention); train: all cycles.
     print("  ".join(f"{name:>12}" if i else f"{name:<16}" for i, name in enumerate(columns)))

@@ -143,7 +143,7 @@ def model_info(preset_or_config: str | ModelConfig) -> dict:
         "preset": config.name,
         "cycles": config.cycles,
         "input": "x".join(map(str, config.input_size)),
-        "heatmap": "x".join(map(str, config.heatmap_size)),
+        "output": _output(config),
         "params": params,
         "params_total": params + fixed_params + model.head.pos_embedding.numel(),
         "gflops": inference / 1e9,
@@ -152,6 +152,13 @@ def model_info(preset_or_config: str | ModelConfig) -> dict:
         "gflops_per_extra_cycle": (train - inference) / max(config.cycles - 1, 1) / 1e9,
         "gflops_deployed": (backbone.macs + deployed.macs + deployed.attention_macs) / 1e9,
     }
+
+
+def _output(config: ModelConfig) -> str:
+    """What the head predicts per keypoint: an HxW heatmap, or SimCC's x+y bins."""
+    if config.head == "simcc":
+        return f"simcc {config.simcc_bins[0]}+{config.simcc_bins[1]}"
+    return "x".join(map(str, config.heatmap_size))
 
 
 def model_info_table() -> list[dict]:

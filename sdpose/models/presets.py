@@ -192,10 +192,12 @@ def _first_problem(config: ModelConfig) -> str | None:
 
 _S = {"depth": 12}  # the S architectures: the T transformer made twice as deep
 # A slim StemNet (16 wide, 2 bottlenecks, 64 channels out) and a 4-layer, 64-dim transformer
-# # on 128x96 crops (32x24 heatmaps; the 32x24 feature map cut into 4x3 patches: 64 visual
-# tokens). At 256x192 this model stays on the flat-heatmap
-# plateau for 1,000+ CPU iterations; at 128x96 it learns in minutes (docs/training.md).
+# on 128x96 crops (the 32x24 feature map cut into 4x3 patches: 64 visual tokens), with the
+# SimCC head (2 bins per input pixel): on two CPU cores it fits 32 fixed crops to the pixel
+# in 160 steps where the heatmap head's 32x24 maps are still flat (docs/training.md, which
+# also has the learning curves); `model.head: heatmap` gives TokenPose's head back.
 _NANO = {
+    "head": "simcc",
     "stem_channels": 16,
     "stem_planes": 16,
     "stem_blocks": 2,

@@ -202,12 +202,14 @@ def test_batch_shapes_targets_and_normalisation(dot_crops, preset):
     table = dot_crops["raw"]
     config = build_model_config(preset)
     codec = codec_for_model(config)
-    (in_h, in_w), (hm_h, hm_w) = config.input_size, config.heatmap_size
+    in_h, in_w = config.input_size
     batch = feed.augment_batch(table, AugmentParams(), seed=0, epoch=0, codec=codec)
     n = table.num_rows
     # train crops travel as uint8 BGR; the worker normalises them (normalize_tensor)
     assert batch["images"].shape == (n, in_h, in_w, 3) and batch["images"].dtype == np.uint8
-    assert batch["target"].shape == (n, 17, hm_h, hm_w) and batch["target"].dtype == np.float32
+    # the head's targets: 64x48 heatmaps for sdpose-t, SimCC's 192 + 256 bins for the nano
+    assert batch["target"].shape == (n, 17, *config.output_shape)
+    assert batch["target"].dtype == np.float32
     assert batch["target_weight"].shape == (n, 17)
     # a black pixel normalises to -mean/std per RGB channel
     black = -np.array([0.485, 0.456, 0.406]) / np.array([0.229, 0.224, 0.225])
@@ -216,11 +218,19 @@ def test_batch_shapes_targets_and_normalisation(dot_crops, preset):
     np.testing.assert_allclose(normalised[0, :, 0, 0], black, rtol=1e-5)
     val = feed.val_batch(table, codec)
     assert val["images"].shape == (n, 3, in_h, in_w) and val["images"].dtype == np.float32
-    # unaugmented: every joint's heatmap peak sits at its keypoint / stride (4 at both sizes)
+    # unaugmented: every joint's target peaks at its keypoint: / stride (4) on a heatmap,
+    # x split (2) in SimCC's bins
     samples = [augment.AffineToInput(codec)(s) for s in feed.crop_samples(table)]
-    peaks = val["target"][0].reshape(17, -1).argmax(axis=1)
-    expected = np.round(samples[0]["keypoints"] / config.stride).astype(int)
-    np.testing.assert_array_equal(np.stack([peaks % hm_w, peaks // hm_w], 1), expected)
+    keypoints = samples[0]["keypoints"]
+    if config.head == "simcc":
+        x_part, y_part = codec.split_axes(val["target"][0])
+        peaks = np.stack([x_part.argmax(axis=1), y_part.argmax(axis=1)], 1)
+        np.testing.assert_array_equal(peaks, np.round(keypoints * codec.split).astype(int))
+    else:
+        peaks = val["target"][0].reshape(17, -1).argmax(axis=1)
+        width = config.heatmap_size[1]
+        expected = np.round(keypoints / config.stride).astype(int)
+        np.testing.assert_array_equal(np.stack([peaks % width, peaks // width], 1), expected)
     np.testing.assert_array_equal(val["target_weight"][0], np.ones(17, np.float32))
     assert set(val) >= {"center", "scale", "image_id", "ann_id", "score", "area"}
 

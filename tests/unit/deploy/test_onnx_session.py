@@ -52,7 +52,7 @@ def test_contrib_and_standard_sessions_agree(student_file):
         )[0]
         for contrib in (False, True)
     )
-    assert standard.shape == (3, 17, *config.heatmap_size)
+    assert standard.shape == (3, 17, *config.output_shape)
     np.testing.assert_allclose(contrib, standard, rtol=0, atol=1e-5)
 
 

@@ -66,7 +66,7 @@ def test_each_runtime_runs_the_file_like_pytorch(student, runtime):
     heatmaps = session.run(images.numpy())
     assert session.runtime == runtime
     assert session.input_shape == (None, 3, *model.config.input_size)
-    assert session.output_shape == (None, 17, *model.config.heatmap_size)
+    assert session.output_shape == (None, 17, *model.config.output_shape)
     assert heatmaps.shape == expected.shape and expected.std() > 0.05
     assert np.abs(heatmaps - expected).max() <= 1e-4  # fp32, not OpenVINO's default bf16
 

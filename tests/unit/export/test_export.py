@@ -69,14 +69,15 @@ def test_export_matches_pytorch_for_every_preset(preset, exported):
     onnx.checker.check_model(graph, full_check=True)
     assert info["opset"] >= 17 and info["max_abs_diff"] <= 1e-4
     assert [i.name for i in graph.graph.input] == ["images"]
-    assert [o.name for o in graph.graph.output] == ["heatmaps"]
+    name = "simcc" if model.config.head == "simcc" else "heatmaps"  # what the head predicts
+    assert [o.name for o in graph.graph.output] == [name]
     # Dynamic batch: a batch size never seen at export still runs, and matches PyTorch.
     images = torch.randn(3, 3, *model.config.input_size, generator=torch.Generator().manual_seed(1))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (heatmaps,) = session.run(["heatmaps"], {"images": images.numpy()})
+    (heatmaps,) = session.run([name], {"images": images.numpy()})
     with torch.no_grad():
         expected = model(images, cycles=1)[0].predictions.numpy()
-    assert heatmaps.shape == (3, 17, *model.config.heatmap_size)
+    assert heatmaps.shape == (3, 17, *model.config.output_shape)
     assert expected.std() > 0.05  # the comparison is about real signal
     assert np.abs(heatmaps - expected).max() <= 1e-4
 
@@ -130,7 +131,7 @@ def test_model_card_states_origin_cost_and_contract(exported, tmp_path):
     assert card["exported_cycles"] == 1 and card["student_ap"] == 0.42
     assert card["epoch"] == 7 and card["source_checkpoint"] == "models/train/best.pt"
     assert card["input"]["shape"] == ["N", 3, 128, 96] and card["input"]["name"] == "images"
-    assert card["output"]["shape"] == ["N", 17, 32, 24] and card["output"]["name"] == "heatmaps"
+    assert card["output"]["shape"] == ["N", 17, 448] and card["output"]["name"] == "simcc"
     assert codec_from_record(card["output"]["codec"]) == codec  # what predict decodes with
     assert card["onnx"]["opset"] >= 17
     assert 0 < card["gflops"] < 1  # the nano student: about 0.15 GMACs

@@ -28,7 +28,7 @@ def test_forward_backward_every_preset(preset):
     patches = config.num_patches
     for output in outputs:
         assert isinstance(output, CycleOutput)
-        assert output.predictions.shape == (batch, 17, *config.heatmap_size)
+        assert output.predictions.shape == (batch, 17, *config.output_shape)
         assert output.keypoint_tokens.shape == (batch, 17, config.dim)
         assert output.visual_tokens.shape == (batch, patches, config.dim)
     loss = sum(output.predictions.square().mean() for output in outputs)
@@ -50,7 +50,7 @@ def test_the_simcc_head_predicts_x_then_y_bins_on_every_cycle():
     assert [tuple(o.predictions.shape) for o in outputs] == [(2, 17, 672)] * config.cycles
     sum(o.predictions.square().mean() for o in outputs).backward()
     assert model.head.simcc_head.classifier.weight.grad.abs().sum() > 0
-    heatmap = build_model("sdpose-nano")
+    heatmap = build_model("sdpose-nano", head="heatmap")
     # the head is the only difference: the SimCC classifier is smaller than the heatmap MLP
     head_params = sum(p.numel() for p in model.head.simcc_head.parameters())
     assert sum(p.numel() for p in model.parameters()) - head_params == sum(
@@ -77,7 +77,7 @@ def test_explicit_cycles_run_that_many_in_both_modes(cycles):
         for mode in (True, False):
             outputs = model.train(mode)(_images(1), cycles=cycles)
             assert len(outputs) == cycles
-            assert all(o.predictions.shape == (1, 17, *model.config.heatmap_size) for o in outputs)
+            assert all(o.predictions.shape == (1, 17, *model.config.output_shape) for o in outputs)
             assert all(torch.isfinite(o.predictions).all() for o in outputs)
 
 

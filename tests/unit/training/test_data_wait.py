@@ -26,7 +26,7 @@ def batches(count: int, pause_s: float) -> Iterator[dict[str, torch.Tensor]]:
         time.sleep(pause_s)
         yield {
             "images": torch.randint(0, 256, (2, 128, 96, 3), dtype=torch.uint8),
-            "target": torch.rand(2, 17, 32, 24),
+            "target": torch.rand(2, 17, 96 * 2 + 128 * 2),  # the nano's SimCC labels
             "target_weight": torch.ones(2, 17),
         }
 
