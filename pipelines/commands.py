@@ -64,19 +64,22 @@ def add_pretrained_commands(commands: argparse._SubParsersAction) -> None:
         "--coco", type=Path, default=None, help="a COCO annotation file beside an images/ folder"
     )
     ship.add_argument("--note", default="", help="why this leg was trained, for the card")
+    ship.add_argument("--plot", type=Path, default=None, help="draw the AP curve of every leg")
     ship.set_defaults(handler=_ship_pretrained)
     listing = actions.add_parser("list", help="the shipped weights and their measured AP")
     listing.set_defaults(handler=_list_pretrained)
 
 
 def _ship_pretrained(args: argparse.Namespace) -> int:
-    from pipelines.pretrained import ship
+    from pipelines.pretrained import plot_curves, ship
 
     card = ship(
         args.name, args.workdir, heldout_seed=args.heldout_seed,
         heldout_images=args.heldout_images, coco=args.coco, note=args.note,
     )  # fmt: skip
     print(json.dumps(card["ap"], indent=2))
+    if args.plot:
+        print(f"curve: {plot_curves(card, args.plot)}")
     print(f"shipped {args.name} (sdpose/models/weights/{args.name}.pt and .json)")
     return 0
 

@@ -130,7 +130,26 @@ def leg_record(workdir: Path, params: Params, checkpoint: dict, note: str) -> di
             "gpu": params.ray.use_gpu,
         },
         "checkpoint_epoch": checkpoint.get("epoch"),
+        "curve": curve(history),
     }
+
+
+def curve(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """The leg's validation after every epoch: iterations, hours (training + validation),
+    student and teacher AP on the run's own val."""
+    elapsed, points = 0.0, []
+    for row in history:
+        elapsed += row["epoch_time_s"] + row.get("val_time_s", 0.0)
+        points.append(
+            {
+                "epoch": int(row["epoch"]),
+                "iterations": int(row["iterations"]),
+                "hours": round(elapsed / 3600, 3),
+                "student_ap": round(row["student_ap"], 4),
+                "teacher_ap": round(row["teacher_ap"], 4),
+            }
+        )
+    return points
 
 
 def measured_ap(
@@ -158,3 +177,35 @@ def measured_ap(
 
 def _keep(stats: dict[str, float]) -> dict[str, float]:
     return {key: round(float(stats[key]), 4) for key in AP_KEYS if key in stats}
+
+
+def plot_curves(card: dict[str, Any], path: Path) -> Path:
+    """Student AP on the run's own val against iterations and hours, every leg end to end."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    done_iterations, done_hours = 0, 0.0
+    for index, leg in enumerate(card["legs"], start=1):
+        points = leg.get("curve") or []
+        xs = [done_iterations + point["iterations"] for point in points]
+        hours = [done_hours + point["hours"] for point in points]
+        student = [point["student_ap"] for point in points]
+        axes[0].plot(xs, student, "o-", markersize=3, label=f"leg {index}")
+        axes[1].plot(hours, student, "o-", markersize=3, label=f"leg {index}")
+        if points:
+            done_iterations, done_hours = xs[-1], hours[-1]
+    axes[0].set_xlabel("iterations (batch 32)")
+    axes[1].set_xlabel("hours on the training machine (training + validation)")
+    axes[0].set_ylabel("student AP, the run's synthetic val")
+    for axis in axes:
+        axis.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    figure.suptitle(f"{card['name']}: {card['architecture']['name']}, from scratch", fontsize=10)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
