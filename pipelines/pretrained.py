@@ -126,7 +126,7 @@ def leg_record(workdir: Path, params: Params, checkpoint: dict, note: str) -> di
         "machine": {
             "workers": params.ray.num_workers,
             "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
+            "processor": cpu_model(),
             "gpu": params.ray.use_gpu,
         },
         "checkpoint_epoch": checkpoint.get("epoch"),
@@ -150,6 +150,17 @@ def curve(history: list[dict[str, float]]) -> list[dict[str, float]]:
             }
         )
     return points
+
+
+def cpu_model() -> str:
+    """The processor's model name (/proc/cpuinfo on Linux), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def measured_ap(
