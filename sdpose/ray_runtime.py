@@ -70,10 +70,13 @@ def init_ray(ray_params: RayParams, log_to_driver: bool = True) -> dict[str, Any
                 "include_dashboard": True,
                 "dashboard_host": ray_params.dashboard_host,
             }
-            options |= _node_address(ray_params.node_ip)
+            if ray_params.node_ip in LOOPBACK:
+                with single_machine_mode():
+                    ray.init(**options)
+            else:
+                ray.init(**options, _node_ip_address=ray_params.node_ip)
         else:
-            options["address"] = address
-        ray.init(**options)
+            ray.init(**options, address=address)
         started = True
     quiet_ray_logs()
     return {**describe_ray(), "started": started}
@@ -85,23 +88,32 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def _node_address(node_ip: str) -> dict[str, Any]:
-    """ray.init options (and process settings) for a local Ray at `ray.node_ip`.
+@contextmanager
+def single_machine_mode() -> Iterator[None]:
+    """Ray's single-machine mode for the processes a `ray.init` inside starts.
 
     On Linux Ray takes the machine's outbound address as the node's, turns a loopback
     `_node_ip_address` into it too, and binds its gRPC servers to every interface. Its
-    single-machine mode (SINGLE_MACHINE_ENV=0, read by Ray at import, so set here for this
+    single-machine mode (SINGLE_MACHINE_ENV=0, read by Ray at import, so set for this
     process and every process Ray starts) resolves the node to loopback instead, and then
-    nothing listens on the network (measured: README, "A Ray cluster"). Any other address
-    is the node's own, for a head other machines may reach.
+    nothing listens on the network (measured: README, "A Ray cluster"). Both settings are
+    restored on exit: a `ray start` this process runs later (a real cluster) must not
+    inherit them, or its worker node refuses to join.
     """
-    if node_ip not in LOOPBACK:
-        return {"_node_ip_address": node_ip}
     from ray._private import ray_constants
 
+    before_env = os.environ.get(SINGLE_MACHINE_ENV)
+    before_flag = ray_constants.ENABLE_RAY_CLUSTER
     os.environ[SINGLE_MACHINE_ENV] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False  # already imported: read at import time
-    return {}
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before_flag
+        if before_env is None:
+            os.environ.pop(SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[SINGLE_MACHINE_ENV] = before_env
 
 
 def describe_ray() -> dict[str, Any]:

@@ -196,10 +196,10 @@ def train_rows_kept(request, monkeypatch) -> str:
 @pytest.mark.timeout(300)
 def test_feed_batches_and_epoch_reseeding(coco_crops, train_rows_kept):
     params = Params()
-    config = params.model.resolve()  # the default nano: 128x96 -> 32x24
+    config = params.model.resolve()  # the default nano at 128x96
     val = feed.val_dataset(params, coco_crops).take_batch(12)
     assert val["images"].shape == (12, 3, *config.input_size) and val["images"].dtype == np.float32
-    assert val["target"].shape == (12, 17, *config.heatmap_size)
+    assert val["target"].shape == (12, 17, *codec_for_params(params).output_shape)
     assert val["target_weight"].shape == (12, 17)
     truth = {row["ann_id"]: row for row in coco_rows()}
     for ann_id, center in zip(val["ann_id"], val["center"], strict=True):

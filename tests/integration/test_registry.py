@@ -16,7 +16,8 @@ from shared import SHARED
 from sdpose.config import Params
 from sdpose.deploy import registry
 from sdpose.deploy.int8_gate import Int8Candidate
-from sdpose.export.onnx import export_onnx
+from sdpose.core.codecs import codec_for_model
+from sdpose.export.onnx import export_onnx, output_name
 from sdpose.models import build_model
 from sdpose.models.presets import resolve_model_config
 
@@ -103,8 +104,8 @@ def test_champion_loads_by_alias_through_mlflow(students, tmp_path, monkeypatch)
     session = ort.InferenceSession(str(downloaded), providers=["CPUExecutionProvider"])
     config = resolve_model_config("sdpose-nano")  # the preset's sizes, whatever they are
     images = np.zeros((2, 3, *config.input_size), dtype=np.float32)
-    heatmaps = session.run(["heatmaps"], {"images": images})[0]
-    assert heatmaps.shape == (2, 17, *config.heatmap_size)
+    outputs = session.run([output_name(config)], {"images": images})[0]
+    assert outputs.shape == (2, 17, *codec_for_model(config).output_shape)
     assert digest(registry.load_onnx(Params(), workdir, "models:/sdpose-student/1")) == digest(
         students[0]
     )
