@@ -14,9 +14,9 @@ import torch
 from shared import SHARED
 
 from sdpose.config import Params
+from sdpose.core.codecs import codec_for_model
 from sdpose.deploy import registry
 from sdpose.deploy.int8_gate import Int8Candidate
-from sdpose.core.codecs import codec_for_model
 from sdpose.export.onnx import export_onnx, output_name
 from sdpose.models import build_model
 from sdpose.models.presets import resolve_model_config
