@@ -6,8 +6,9 @@ SimCC with RTMPose's KL loss) trains through the real `sdpose train` path (crop 
 Ray Data augmentation -> Ray Train workers, validation every epoch: student and teacher AP
 with the project's COCO evaluation on ground-truth boxes) from scratch (`train.init:
 scratch`, SCRATCH_RECIPE's lr and schedule), on one synthetic dataset built once under
---workdir, with params.yaml's other settings plus the overrides given, for the same epochs and seeds. Screen with one seed; confirm a
-winner with three (--seeds 0 1 2) where the curves separate.
+--workdir, with params.yaml's other settings plus the overrides given, for the same epochs
+and seeds. Screen with one seed; confirm a winner with three (--seeds 0 1 2) where the
+curves separate.
 
 Prints one line per evaluation point (variant, seed, epoch, iterations, wall seconds of
 training and validation, student and teacher AP), then per variant the time to first reach

@@ -71,12 +71,14 @@ def init_ray(ray_params: RayParams, log_to_driver: bool = True) -> dict[str, Any
                 "dashboard_host": ray_params.dashboard_host,
             }
             if ray_params.node_ip in LOOPBACK:
-                with single_machine_mode():
-                    ray.init(**options)
+                use_single_machine_mode()
             else:
-                ray.init(**options, _node_ip_address=ray_params.node_ip)
+                options["_node_ip_address"] = ray_params.node_ip
         else:
-            ray.init(**options, address=address)
+            if _host(address) in LOOPBACK:  # the run's own loopback Ray, from a stage process
+                use_single_machine_mode()
+            options["address"] = address
+        ray.init(**options)
         started = True
     quiet_ray_logs()
     return {**describe_ray(), "started": started}
@@ -88,32 +90,29 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-@contextmanager
-def single_machine_mode() -> Iterator[None]:
-    """Ray's single-machine mode for the processes a `ray.init` inside starts.
+def use_single_machine_mode() -> None:
+    """Ray's single-machine mode for this process and every process it starts.
 
     On Linux Ray takes the machine's outbound address as the node's, turns a loopback
-    `_node_ip_address` into it too, and binds its gRPC servers to every interface. Its
-    single-machine mode (SINGLE_MACHINE_ENV=0, read by Ray at import, so set for this
-    process and every process Ray starts) resolves the node to loopback instead, and then
-    nothing listens on the network (measured: README, "A Ray cluster"). Both settings are
-    restored on exit: a `ray start` this process runs later (a real cluster) must not
-    inherit them, or its worker node refuses to join.
+    `_node_ip_address` or bootstrap address into it too, and binds its gRPC servers to every
+    interface. Its single-machine mode (SINGLE_MACHINE_ENV=0, read by Ray at import, so set
+    here for this process and in the environment its children inherit) resolves the node to
+    loopback instead, and then nothing listens on the network (measured: README, "A Ray
+    cluster"). A process that joins such a Ray at 127.0.0.1 needs the same mode, or Ray
+    dials the machine's address. It lasts for the process: a `ray start` run from it would
+    refuse to join another node, so start cluster nodes from a clean environment.
     """
     from ray._private import ray_constants
 
-    before_env = os.environ.get(SINGLE_MACHINE_ENV)
-    before_flag = ray_constants.ENABLE_RAY_CLUSTER
     os.environ[SINGLE_MACHINE_ENV] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False  # already imported: read at import time
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = before_flag
-        if before_env is None:
-            os.environ.pop(SINGLE_MACHINE_ENV, None)
-        else:
-            os.environ[SINGLE_MACHINE_ENV] = before_env
+
+
+def _host(address: str) -> str:
+    """The host of a `host:port` Ray address ("" for auto and ray:// addresses' schemes)."""
+    if "://" in address or ":" not in address:
+        return ""
+    return address.rsplit(":", 1)[0].strip("[]")
 
 
 def describe_ray() -> dict[str, Any]:

@@ -23,6 +23,7 @@ import pytest
 import ray
 import torch
 
+from sdpose.ray_runtime import SINGLE_MACHINE_ENV
 from sdpose.training import launcher
 
 pytestmark = pytest.mark.integration
@@ -56,6 +57,9 @@ def _start_node(args: list[str], log: Path) -> subprocess.Popen:
     ]
     with log.open("w") as out:  # the child keeps its own copy of the descriptor
         env = {**os.environ, **TOKEN_AUTH}
+        # a local run earlier in this process put it in Ray's single-machine mode, in which
+        # a node refuses to join another
+        env.pop(SINGLE_MACHINE_ENV, None)
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
