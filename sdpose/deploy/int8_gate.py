@@ -42,7 +42,7 @@ def int8_refusal(params: Params, fp32_ap: float, int8_ap: float, heatmap_gap: fl
     rtol = params.export.int8_rtol
     if heatmap_gap > rtol + FLOAT_SLACK:
         reasons.append(
-            f"int8 heatmaps differ from PyTorch's by {heatmap_gap:.3g} of their peak, "
+            f"int8 outputs differ from PyTorch's by {heatmap_gap:.3g} of their peak, "
             f"{heatmap_gap - rtol:.3g} more than export.int8_rtol {rtol:g}"
         )
     return "; ".join(reasons) or None

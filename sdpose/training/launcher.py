@@ -151,9 +151,10 @@ def build_trainer(
     `console`: rank 0 prints epoch lines and a progress bar (off inside a Tune trial).
     """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     from sdpose.data import feed
+    from sdpose.training.rendezvous import torch_config
 
     init = resolve_init(params, workdir)
     resources = {"CPU": params.ray.cpus_per_worker}
@@ -168,7 +169,7 @@ def build_trainer(
             "console": console,
             "init": str(init.path) if init else None,
         },
-        torch_config=TorchConfig(backend="nccl" if params.ray.use_gpu else "gloo"),
+        torch_config=torch_config("nccl" if params.ray.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=params.ray.num_workers,
             use_gpu=params.ray.use_gpu,

@@ -1,13 +1,15 @@
 """A local run opens no port to the network: every listener of the Ray it starts (GCS,
-raylet, object manager, workers, dashboard and its agents) is on loopback, sampled while
-Ray Data and Ray Train work runs."""
+raylet, object manager, workers, dashboard and its agents) and of the DDP process group its
+Ray Train workers form is on loopback, sampled while Ray Data and Ray Train work runs."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -42,6 +44,36 @@ def is_loopback(address: str) -> bool:
     return (mapped or address).is_loopback
 
 
+def ddp_sum_of_ranks() -> float:
+    """A two-worker TorchTrainer run as the train stage builds it (its rendezvous config)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from sdpose.training.rendezvous import LoopbackTorchConfig, torch_config
+
+    def all_reduce_ranks() -> None:  # nested: pickled by value (workers cannot import tests)
+        import torch
+        import torch.distributed as dist
+
+        total = torch.tensor([float(dist.get_rank())])
+        dist.all_reduce(total)
+        time.sleep(1.5)  # long enough for the sampler to see the group's sockets
+        if dist.get_rank() == 0:
+            result.write_text(str(float(total.item())))
+
+    result = Path(tempfile.mkdtemp(prefix="sdpose-loopback-")) / "sum.txt"
+    config = torch_config("gloo")
+    assert isinstance(config, LoopbackTorchConfig)  # every node of a local run is loopback
+    trainer = TorchTrainer(
+        all_reduce_ranks,
+        torch_config=config,
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+        run_config=RunConfig(storage_path=str(result.parent)),
+    )
+    trainer.fit()
+    return float(result.read_text())
+
+
 def test_every_listener_of_a_local_run_is_on_loopback():
     import ray
 
@@ -64,7 +96,8 @@ def test_every_listener_of_a_local_run_is_on_loopback():
         try:  # work that starts workers, Ray Data's executor and the object store
             rows = ray.data.range(2000).map_batches(lambda batch: batch).take_all()
             assert len(rows) == 2000
-            time.sleep(2)
+            assert ddp_sum_of_ranks() == 1  # two workers met (ranks 0 + 1) and all-reduced
+            time.sleep(1)
         finally:
             stop.set()
             sampler.join()

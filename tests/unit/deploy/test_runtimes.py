@@ -169,7 +169,7 @@ def test_int8_gate_says_by_how_much_a_file_missed():
     )
     reason = int8_refusal(strict, 0.420, 0.420, 0.25)
     assert reason == (
-        "int8 heatmaps differ from PyTorch's by 0.25 of their peak, 0.15 more than "
+        "int8 outputs differ from PyTorch's by 0.25 of their peak, 0.15 more than "
         "export.int8_rtol 0.1"
     )
     loose = Params.model_validate({"export": {"int8_max_ap_drop": 0.05}})
