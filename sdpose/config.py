@@ -83,17 +83,11 @@ class ModelParams(_Section):
 
     def overrides(self) -> dict[str, Any]:
         """The architecture fields that differ from the preset."""
-        fields = (
-            "cycles",
-            "dim",
-            "depth",
-            "heads",
-            "input_size",
-            "heatmap_size",
-            "head",
-            "simcc_split",
-        )
-        return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
+        from sdpose.models.presets import OVERRIDABLE  # torch-free module
+
+        return {
+            name: getattr(self, name) for name in OVERRIDABLE if getattr(self, name) is not None
+        }
 
     @model_validator(mode="after")
     def _resolves(self) -> ModelParams:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 import cv2
 import numpy as np
 
-from sdpose.core.geometry import ArrayT, CropGeometry
+from sdpose.core.geometry import ArrayT, CropGeometry, batched_keypoints
 from sdpose.core.keypoints import FLIP_INDEX
 
 if TYPE_CHECKING:
@@ -76,17 +76,7 @@ class HeatmapCodec(CropGeometry):
         A weight is 0 for an invisible joint and for one whose 3-sigma window lies entirely
         outside the heatmap (mmpose's rule); its heatmap is then all zero.
         """
-        keypoints = np.asarray(keypoints, dtype=np.float64)
-        visible = np.asarray(visible)
-        single = keypoints.ndim == 2
-        if single:
-            keypoints, visible = keypoints[None], visible[None]
-        if keypoints.ndim != 3 or keypoints.shape[-1] != 2:
-            raise ValueError(f"encode: keypoints must be (N, K, 2), got {keypoints.shape}")
-        if visible.shape != keypoints.shape[:2]:
-            raise ValueError(
-                f"encode: visible must be (N, K) = {keypoints.shape[:2]}, got {visible.shape}"
-            )
+        keypoints, visible, single = batched_keypoints(keypoints, visible)
         heatmaps, weights = self._encode(keypoints, visible)
         return (heatmaps[0], weights[0]) if single else (heatmaps, weights)
 

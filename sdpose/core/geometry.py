@@ -113,3 +113,22 @@ def _like(value: np.ndarray | torch.Tensor, reference: ArrayT) -> ArrayT:
     import torch
 
     return torch.as_tensor(value, dtype=reference.dtype, device=reference.device)
+
+
+def batched_keypoints(
+    keypoints: np.ndarray, visible: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(N, K, 2) float64 keypoints and (N, K) visibility from a batch or one person (K, 2),
+    and whether it was one person: every codec's `encode` takes both forms."""
+    keypoints = np.asarray(keypoints, dtype=np.float64)
+    visible = np.asarray(visible)
+    single = keypoints.ndim == 2
+    if single:
+        keypoints, visible = keypoints[None], visible[None]
+    if keypoints.ndim != 3 or keypoints.shape[-1] != 2:
+        raise ValueError(f"encode: keypoints must be (N, K, 2), got {keypoints.shape}")
+    if visible.shape != keypoints.shape[:2]:
+        raise ValueError(
+            f"encode: visible must be (N, K) = {keypoints.shape[:2]}, got {visible.shape}"
+        )
+    return keypoints, visible, single

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from sdpose.core.geometry import ArrayT, CropGeometry
+from sdpose.core.geometry import ArrayT, CropGeometry, batched_keypoints
 from sdpose.core.keypoints import FLIP_INDEX
 
 if TYPE_CHECKING:
@@ -83,17 +83,7 @@ class SimCCCodec(CropGeometry):
         keypoints (N, K, 2) in input pixels; visible (N, K), > 0.5 counts as labelled. A
         single person (K, 2), (K,) works too. A zero-weight joint's labels are all zero.
         """
-        keypoints = np.asarray(keypoints, dtype=np.float64)
-        visible = np.asarray(visible)
-        single = keypoints.ndim == 2
-        if single:
-            keypoints, visible = keypoints[None], visible[None]
-        if keypoints.ndim != 3 or keypoints.shape[-1] != 2:
-            raise ValueError(f"encode: keypoints must be (N, K, 2), got {keypoints.shape}")
-        if visible.shape != keypoints.shape[:2]:
-            raise ValueError(
-                f"encode: visible must be (N, K) = {keypoints.shape[:2]}, got {visible.shape}"
-            )
+        keypoints, visible, single = batched_keypoints(keypoints, visible)
         labels, weights = self._encode(keypoints, visible)
         return (labels[0], weights[0]) if single else (labels, weights)
 
