@@ -22,6 +22,9 @@ from sdpose.config import apply_overrides, validate_params
 
 VENV_BIN = Path(sys.executable).parent
 SKIPPED_DIRS = ("data", "models", "metrics", "reports", ".venv")
+# what a `make run` in the checkout leaves at its top: DVC's lock (which DVC stages in git)
+# and MLflow's; a copy with them would look like a project that has already run
+SKIPPED_FILES = ("dvc.lock", "mlruns.db.lock")
 
 STAGE_OUTPUTS = (
     "data/raw/synth/annotations/person_keypoints_train.json",
@@ -74,7 +77,9 @@ def project_files() -> list[str]:
     return [
         name
         for name in names
-        if name.split("/", 1)[0] not in SKIPPED_DIRS and (REPO / name).is_file()
+        if name.split("/", 1)[0] not in SKIPPED_DIRS
+        and name not in SKIPPED_FILES
+        and (REPO / name).is_file()
     ]
 
 
