@@ -51,8 +51,8 @@ def base_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def train_once(root: Path, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
     """One run of the train stage in its own working directory (data shared by symlink)."""
-    from sdpose.training import run
     from sdpose.training.history import read_history_csv
+    from sdpose.training.stage import run
 
     workdir = Path(tempfile.mkdtemp(prefix="ablation-", dir=root))
     try:

@@ -1,7 +1,7 @@
 """Inference cost of the deployed student: each CPU runtime and form against eager PyTorch.
 
 What ships is `models/export/sdpose-student.onnx`, one cycle of sdpose-t, and its int8 form
-`sdpose-student.int8.onnx` (QDQ, `sdpose.deploy.quantize`); the official code instead runs every
+`sdpose-student.int8.onnx` (QDQ, `sdpose.export.quantize`); the official code instead runs every
 training cycle at inference and keeps the first output. For sdpose-t at batch 1 and 8 with
 1 and 2 threads this prints the median latency of: the fp32 and the int8 file on every
 installed runtime (onnxruntime, OpenVINO: the sessions `sdpose predict` opens), the eager
@@ -39,9 +39,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdpose.deploy.quantize import INT8_NAME, quantize_student
+from sdpose.core.paths import INT8_NAME
 from sdpose.deploy.runtimes import installed_runtimes, open_session
 from sdpose.export.onnx import export_onnx
+from sdpose.export.quantize import quantize_student
 from sdpose.models import build_model
 from sdpose.models.cost import model_info
 
@@ -107,7 +108,7 @@ def measure(model, files: dict[str, Path], threads: int, batch: int) -> dict[str
 def calibration(model, samples: int = 64) -> tuple[list[np.ndarray], str]:
     """Calibration batches for the int8 file: training crops if present, else random."""
     from sdpose.core.codecs import codec_for_model
-    from sdpose.deploy.quantize import calibration_images
+    from sdpose.export.quantize import calibration_images
 
     if (Path("data") / "crops" / "summary.json").is_file():
         codec = codec_for_model(model.config)

@@ -58,8 +58,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 def train_curve(root: Path, overrides: dict[str, Any], seed: int) -> list[dict[str, float]]:
     """One `sdpose train` run in its own folder (data shared by symlink); its history rows
     with the cumulative seconds (training plus validation) added."""
-    from sdpose.training import run
     from sdpose.training.history import read_history_csv
+    from sdpose.training.stage import run
 
     workdir = Path(tempfile.mkdtemp(prefix="learning-", dir=root))
     try:

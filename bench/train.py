@@ -1,6 +1,6 @@
 """The real training path against a plain PyTorch loop, on the same cores and samples.
 
-Real path: `sdpose train`'s own code (`sdpose.training.run`): crop shards on disk -> Ray
+Real path: `sdpose train`'s own code (`sdpose.training.stage.run`): crop shards on disk -> Ray
 Data augmentation tasks -> Ray Train workers (`ray.num_workers` x `ray.cpus_per_worker`),
 validation counted apart (the history's `epoch_time_s` is the training pass alone, from
 the first request to the stream to its last batch; `val_time_s` is the rest).
@@ -38,7 +38,7 @@ import torch
 
 from sdpose.config import Params, load_params
 from sdpose.console import stage_console
-from sdpose.core.codecs import Codec, codec_for_params
+from sdpose.core.codecs import Codec, codec_for_labels
 from sdpose.training.loop import build_trainee, distillation_loss, train_epoch, validate_epoch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def make_workdir(
 
 def real_path(params: Params, workdir: Path) -> dict[str, float]:
     """`sdpose train` as the stage runs it; training samples/s over the training passes."""
-    from sdpose import training
+    from sdpose.training import stage as training
 
     started = time.perf_counter()
     summary = training.run(params, workdir)
@@ -142,7 +142,7 @@ def plain_loop(params: Params, workdir: Path) -> dict[str, float]:
 
     torch.set_num_threads(CORES)
     rows = shard_rows(workdir)
-    codec = codec_for_params(params)
+    codec = codec_for_labels(params.model.resolve(), params.train)
     val = plain_val_batches(params, workdir, codec)
     annotations = TrainPaths.under(workdir, params).annotations
     per_epoch = -(-rows.num_rows // params.train.batch_size)
@@ -167,7 +167,9 @@ def step_alone(params: Params, workdir: Path) -> float:
     """The plain loop's step on tensors augmented beforehand: samples/s of training alone."""
     torch.set_num_threads(CORES)
     rows = shard_rows(workdir)
-    batches = list(plain_batches(rows, params, codec_for_params(params), epoch=0))
+    batches = list(
+        plain_batches(rows, params, codec_for_labels(params.model.resolve(), params.train), epoch=0)
+    )
     trainee = _plain_trainee(params, len(batches))
     loss = distillation_loss(params)
     train_epoch(trainee, iter(batches[:1]), loss, 0)  # warm-up step

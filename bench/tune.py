@@ -1,13 +1,13 @@
 """Tune stage: trials per hour on this machine and the scheduler's overhead.
 
 Prints
-1. trials/hour and epochs/hour of `sdpose.tuning.run` (ASHA, one trial at a time on two
+1. trials/hour and epochs/hour of `sdpose.tuning.stage.run` (ASHA, one trial at a time on two
    CPUs: 2 Ray Train workers x 0.5 CPU, one CPU left for Ray Data);
 2. where the search's wall time went: inside the trials' own training (epochs and
    validation), in each trial's Ray Train start-up (controller, workers, process group,
    datasets), and in Tune itself (starting trial drivers, results, callbacks, state) =
    the scheduler overhead, goal <= 10% of the wall time;
-3. the baseline: the same configs trained for the same epochs by `sdpose.training.run`
+3. the baseline: the same configs trained for the same epochs by `sdpose.training.stage.run`
    one after another without Tune, and Tune's wall time over theirs;
 4. placement groups still holding CPUs after the search (must be 0: a leak stalls the
    next trial, see sdpose/tuning/cleanup.py).
@@ -69,7 +69,7 @@ def make_data(workdir: Path, params: Params) -> None:
 
 
 def search(workdir: Path, params: Params) -> dict[str, Any]:
-    from sdpose.tuning import run
+    from sdpose.tuning.stage import run
 
     run(params, workdir)
     return json.loads((workdir / "metrics" / "tune.json").read_text())
@@ -83,7 +83,7 @@ def leaked_placement_groups() -> int:
 
 def baseline(workdir: Path, params: Params, rows: list[dict[str, Any]]) -> float:
     """Wall seconds of plain `sdpose train` runs of the trials' configs and epochs."""
-    from sdpose.training import run as train
+    from sdpose.training.stage import run as train
     from sdpose.tuning.space import trial_params
 
     total = 0.0

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sdpose.config import ConfigError
-from sdpose.deploy.registry import REGISTRY_ROOT_ENV
+from sdpose.mlflow_store import REGISTRY_ROOT_ENV
 
 EXPERIMENT_PREFIX = "prefect-"
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")

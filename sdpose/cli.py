@@ -1,7 +1,9 @@
 """`sdpose` command line: one command per stage plus model and dataset utilities.
 
-Each command is a thin call of a library function; stage modules are imported lazily so
-that `sdpose config show` answers in a fraction of a second without importing Ray or torch.
+Each command is a thin call of a library function. What needs torch or Ray is imported
+when its command runs (`# lazy`, with the measured cost beyond `sdpose.config`'s 0.4 s): the
+stage modules through `sdpose.stages`, and model-info, convert-checkpoint and predict here,
+so that `sdpose config show` and `--help` answer in half a second.
 Exit status: 0 success, 2 bad input or parameters (`sdpose.core.errors.InputError`: the
 message names file, record or key), 1 any other failure (one line; the traceback is in
 logs/<command>.log), 130 interrupted.
@@ -10,12 +12,12 @@ logs/<command>.log), 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
 import traceback
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +28,15 @@ from sdpose.config import (
     dump_params,
     load_params,
 )
+from sdpose.console import log_dir, result_line, stage_console
 from sdpose.core.errors import InputError
 from sdpose.core.workspace import WorkspaceBusyError, hold_workspace
+from sdpose.deploy.registry import RegistryError, download_weights, list_versions
+from sdpose.evaluation.coco_ap import score_results
+from sdpose.stages import STAGES
 
 BUSY = 75  # sysexits' EX_TEMPFAIL: another run holds the workspace, try again later
 COMMANDS_GROUP = "sdpose.commands"  # entry points: fn(subparsers, add_params_options)
-# Stage commands: name -> (module with `run(params, workdir, **options)`, help).
-STAGES: dict[str, tuple[str, str]] = {
-    "synth": ("sdpose.data.synth", "write the synthetic COCO-format dataset"),
-    "prepare": ("sdpose.data.prepare", "validate COCO annotations, write Parquet manifests"),
-    "crops": ("sdpose.data.crops", "cut context crops into Parquet shards with Ray Data"),
-    "train": ("sdpose.training", "self-distillation training with Ray Train"),
-    "tune": ("sdpose.tuning", "Ray Tune search over cycles and embedding size"),
-    "evaluate": ("sdpose.evaluation.stage", "COCO AP of every cycle, cost and latency; the report"),
-    "export": ("sdpose.export.stage", "ONNX of the one-cycle student, model card, MLflow entry"),
-}
-
-
-INIT_STAGES = ("train", "tune")  # the stages that start from `train.init`'s weights
 
 
 def with_local_init(params: Params, workdir: Path) -> Params:
@@ -55,8 +48,6 @@ def with_local_init(params: Params, workdir: Path) -> Params:
     """
     if not params.train.init.startswith("models:/"):
         return params
-    from sdpose.deploy.registry import RegistryError, download_weights
-
     try:
         path = download_weights(params, workdir, params.train.init)
     except RegistryError as error:
@@ -98,13 +89,11 @@ def _print_json(value: Any) -> None:
 def _run_stage(args: argparse.Namespace) -> int:
     """The stage with its detail in logs/<stage>.log and one result line (`--json`: the
     whole summary on stdout instead)."""
-    from sdpose.console import result_line, stage_console
-
     params = params_from_args(args)  # a bad value fails before the log opens, on the terminal
-    if args.command in INIT_STAGES:
+    stage = STAGES[args.command]
+    if stage.starts_from_init:
         params = with_local_init(params, Path.cwd())
-    module = importlib.import_module(STAGES[args.command][0])
-    options = {key: getattr(args, key) for key in ("strict", "resume") if hasattr(args, key)}
+    options = {option.name: getattr(args, option.name) for option in stage.options}
     options = {key: value for key, value in options.items() if value is not None}
     started = time.perf_counter()
     # one run at a time writes a workspace (a stage run by the pipeline passes through)
@@ -112,7 +101,7 @@ def _run_stage(args: argparse.Namespace) -> int:
         hold_workspace(Path.cwd(), f"sdpose {args.command}"),
         stage_console(args.command, Path.cwd()) as console,
     ):
-        summary = module.run(params, Path.cwd(), **options)
+        summary = stage.run(params, Path.cwd(), **options)
         console.line(result_line(args.command, summary, time.perf_counter() - started))
     if args.json:
         _print_json(summary)
@@ -125,7 +114,7 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 def _model_info(args: argparse.Namespace) -> int:
-    from sdpose.models.cost import model_info, model_info_table
+    from sdpose.models.cost import model_info, model_info_table  # lazy: torch, 1.3 s
 
     if args.preset:
         info = model_info(args.preset)
@@ -162,15 +151,13 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def _convert_checkpoint(args: argparse.Namespace) -> int:
-    from sdpose.models.checkpoint import convert_official_checkpoint
+    from sdpose.models.checkpoint import convert_official_checkpoint  # lazy: torch, 1.3 s
 
     _print_json(convert_official_checkpoint(args.src, args.dst, args.preset))
     return 0
 
 
 def _coco_eval(args: argparse.Namespace) -> int:
-    from sdpose.evaluation.coco_ap import score_results
-
     stats, ignored = score_results(args.annotations, args.results)
     if ignored:
         print(
@@ -187,7 +174,7 @@ def _coco_eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from sdpose.deploy.predict import predict
+    from sdpose.deploy.predict import predict  # lazy: torch and onnx, 2.2 s
 
     params = params_from_args(args)
     summary = predict(
@@ -198,8 +185,6 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _registry_list(args: argparse.Namespace) -> int:
-    from sdpose.deploy.registry import list_versions
-
     rows = list_versions(params_from_args(args), Path.cwd())
     if args.json:
         _print_json(rows)
@@ -228,27 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params_options(show)
     show.set_defaults(handler=_config_show)
 
-    for name, (_, help_text) in STAGES.items():
-        stage = commands.add_parser(name, help=help_text)
-        _add_params_options(stage)
-        stage.add_argument(
+    for name, stage in STAGES.items():
+        command = commands.add_parser(name, help=stage.help)
+        _add_params_options(command)
+        command.add_argument(
             "--json", action="store_true", help="print the stage's whole summary as JSON"
         )
-        if name == "prepare":
-            stage.add_argument(
-                "--strict",
-                action="store_true",
-                default=None,
-                help="a bad annotation is an error instead of a skipped, reported record",
+        for option in stage.options:
+            command.add_argument(
+                f"--{option.name}", action="store_true", default=None, help=option.help
             )
-        if name in ("train", "tune"):
-            stage.add_argument(
-                "--resume",
-                action="store_true",
-                default=None,
-                help="continue the interrupted run from its last checkpoint",
-            )
-        stage.set_defaults(handler=_run_stage)
+        command.set_defaults(handler=_run_stage)
 
     info = commands.add_parser("model-info", help="parameters and GFLOPs of the presets")
     info.add_argument("--preset", help="one preset (default: a table of all)")
@@ -305,8 +280,6 @@ def _add_plugin_commands(commands: argparse._SubParsersAction) -> None:
     The orchestration (`sdpose pipeline`, `sdpose serve`: pipelines/commands.py) adds its
     commands this way, so the library never imports the orchestrator that runs it.
     """
-    from importlib.metadata import entry_points
-
     for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda entry: entry.name):
         entry.load()(commands, _add_params_options)
 
@@ -341,8 +314,6 @@ def main(argv: list[str] | None = None) -> int:
 def log_traceback(command: str, error: BaseException) -> str:
     """Append the error's traceback to logs/<command>.log (unless the stage's console
     already wrote it there); returns the log's path as shown to the user."""
-    from sdpose.console import log_dir
-
     path = log_dir(Path.cwd()) / f"{command}.log"
     if not getattr(error, "_sdpose_logged", False):
         path.parent.mkdir(parents=True, exist_ok=True)

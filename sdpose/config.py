@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from sdpose.core.errors import InputError
+from sdpose.core.presets import OVERRIDABLE, ModelConfig, resolve_model_config
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -83,8 +84,6 @@ class ModelParams(_Section):
 
     def overrides(self) -> dict[str, Any]:
         """The architecture fields that differ from the preset."""
-        from sdpose.models.presets import OVERRIDABLE  # torch-free module
-
         return {
             name: getattr(self, name) for name in OVERRIDABLE if getattr(self, name) is not None
         }
@@ -94,10 +93,8 @@ class ModelParams(_Section):
         self.resolve()
         return self
 
-    def resolve(self):  # -> sdpose.models.presets.ModelConfig
+    def resolve(self) -> ModelConfig:
         """The full architecture: the preset with the overrides applied and checked."""
-        from sdpose.models.presets import resolve_model_config  # torch-free module
-
         return resolve_model_config(self.preset, **self.overrides())
 
 

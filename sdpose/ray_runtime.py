@@ -16,7 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import ray
+from ray._private import ray_constants
+from ray.data import DataContext
+
 from sdpose.config import RayParams
+from sdpose.console import interactive
 
 # Ray's own loggers that narrate every execution at INFO; warnings and errors still show.
 RUN_RAY_ENV = "SDPOSE_RAY_ADDRESS"  # the Ray of the whole pipeline run (`run_ray`)
@@ -28,9 +33,6 @@ def quiet_ray_logs() -> None:
 
     Inside a stage command (`sdpose.console`) stderr is the stage's log, so no bars.
     """
-    from ray.data import DataContext
-
-    from sdpose.console import interactive
 
     bars = interactive(sys.stderr)
     context = DataContext.get_current()
@@ -52,7 +54,6 @@ def init_ray(ray_params: RayParams, log_to_driver: bool = True) -> dict[str, Any
     line or a run record needs: address, dashboard URL, CPUs and GPUs, and `started`
     (whether this call started it, so that only the starter shuts it down).
     """
-    import ray
 
     started = False
     address = ray_params.address or os.environ.get(RUN_RAY_ENV, "")
@@ -102,7 +103,6 @@ def use_single_machine_mode() -> None:
     dials the machine's address. It lasts for the process: a `ray start` run from it would
     refuse to join another node, so start cluster nodes from a clean environment.
     """
-    from ray._private import ray_constants
 
     os.environ[SINGLE_MACHINE_ENV] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False  # already imported: read at import time
@@ -117,7 +117,6 @@ def _host(address: str) -> str:
 
 def describe_ray() -> dict[str, Any]:
     """Address, dashboard URL and resources of the Ray this process is connected to."""
-    import ray
 
     resources = ray.cluster_resources()
     try:  # private API, and absent through Ray Client: the URL is a convenience only
@@ -135,7 +134,6 @@ def describe_ray() -> dict[str, Any]:
 @contextmanager
 def ray_session(ray_params: RayParams) -> Iterator[dict[str, Any]]:
     """`init_ray` for the duration of a stage; shuts Ray down only if this call started it."""
-    import ray
 
     info = init_ray(ray_params)
     try:
@@ -156,7 +154,6 @@ def run_ray(ray_params: RayParams, record: Path | None = None) -> Iterator[dict[
     cluster (`auto`, `ray://`) or an outer run's Ray is used as it is and never stopped:
     then this yields {"address": ..., "started": False}.
     """
-    import ray
 
     outer = ray_params.address or os.environ.get(RUN_RAY_ENV, "")
     if outer or ray.is_initialized():
@@ -177,7 +174,6 @@ def run_ray(ray_params: RayParams, record: Path | None = None) -> Iterator[dict[
 
 def ray_pids() -> list[int]:
     """Processes of the local Ray this process started (private API; [] if it moves)."""
-    import ray
 
     try:
         node = ray._private.worker._global_node

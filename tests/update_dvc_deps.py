@@ -11,7 +11,7 @@ import re
 
 from import_graph import REPO, stage_code
 
-from sdpose.cli import STAGES
+from sdpose.stages import STAGES
 
 MARKER = "# the code it runs"
 
@@ -31,7 +31,7 @@ def rewrite(text: str) -> str:
             indent = line[: len(line) - len(line.lstrip())]
             while index < len(lines) and lines[index].strip().startswith("- sdpose/"):
                 index += 1  # the old list
-            out += [f"{indent}- {path}\n" for path in sorted(stage_code(STAGES[stage][0]))]
+            out += [f"{indent}- {path}\n" for path in sorted(stage_code(STAGES[stage].module))]
     return "".join(out)
 
 

@@ -8,17 +8,15 @@ feed, validation, evaluation, export and predict take either without asking whic
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
 from sdpose.core.codec import HeatmapCodec
 from sdpose.core.geometry import ArrayT
+from sdpose.core.presets import ModelConfig
 from sdpose.core.simcc import SimCCCodec
-
-if TYPE_CHECKING:
-    from sdpose.config import Params
-    from sdpose.models.presets import ModelConfig
 
 # RTMPose's SimCC label sigmas (x, y) in bins at 192x256 input and 2 bins per pixel; other
 # sizes and splits scale them (`simcc_sigma`).
@@ -89,17 +87,22 @@ def codec_for_model(
     return HeatmapCodec(input_size=input_size, heatmap_size=tuple(config.heatmap_size), sigma=sigma)
 
 
-def codec_for_params(
-    params: Params, config: ModelConfig | None = None
-) -> HeatmapCodec | SimCCCodec:
-    """The codec of the configured model (or of `config`, a model's own) with the training
-    label settings of `params`: every stage's."""
-    train = params.train
+class LabelSettings(Protocol):
+    """The training labels' settings a codec takes: `params.train` (sigma, simcc_*)."""
+
+    sigma: float
+    simcc_sigma: Sequence[float] | None
+    simcc_beta: float
+
+
+def codec_for_labels(config: ModelConfig, labels: LabelSettings) -> HeatmapCodec | SimCCCodec:
+    """The codec of a model's head with the run's label settings: every stage's (the
+    configured model's is `codec_for_labels(params.model.resolve(), params.train)`)."""
     return codec_for_model(
-        config or params.model.resolve(),
-        sigma=train.sigma,
-        simcc_sigma_bins=tuple(train.simcc_sigma) if train.simcc_sigma else None,
-        simcc_beta=train.simcc_beta,
+        config,
+        sigma=labels.sigma,
+        simcc_sigma_bins=tuple(labels.simcc_sigma) if labels.simcc_sigma else None,
+        simcc_beta=labels.simcc_beta,
     )
 
 

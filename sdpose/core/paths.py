@@ -47,6 +47,11 @@ def resolve(workdir: Path | str, path: Path | str) -> Path:
     return path if path.is_absolute() else Path(workdir) / path
 
 
+def int8_path(fp32_path: Path | str) -> Path:
+    """Where the int8 form of an exported file lives: beside it, as INT8_NAME."""
+    return Path(fp32_path).with_name(INT8_NAME)
+
+
 def split_paths(source: str, root: Path | str, split: str) -> tuple[Path, Path]:
     """(annotation file, image root) of one split under `data.root` (synth or COCO 2017)."""
     root = Path(root)

@@ -47,6 +47,8 @@ from sdpose.data.crop_rows import (
     max_box_height,
 )
 from sdpose.data.manifest import META_IMAGE_ROOT, META_VERSION, SCHEMA_VERSION, ManifestError
+from sdpose.ray_runtime import ray_session
+import ray
 
 SPLITS = ("train", "val", "val_det")  # val_det only when prepare wrote detector boxes
 OPTIONAL_SPLITS = ("val_det",)
@@ -66,7 +68,6 @@ def crop_split(manifest: Path, image_root: Path, out_dir: Path, skip_dir: Path,
     is far cheaper and just as exact. Each block holds whole images and at most
     `rows_per_shard` rows; map and write fuse, so one task crops and writes one shard.
     """
-    import ray
 
     blocks = image_aligned_blocks(manifest, params.rows_per_shard, _cluster_cpus())
     if not blocks:
@@ -120,7 +121,6 @@ def image_aligned_blocks(manifest: Path, max_rows: int, num_cpus: int) -> list[p
 
 
 def _cluster_cpus() -> int:
-    import ray
 
     return int(ray.cluster_resources().get("CPU", 1))
 
@@ -155,7 +155,6 @@ def run(params: Params, workdir: Path) -> dict[str, Any]:
     The whole `data/crops` folder is built under a staging name and swapped in at the end
     (`staged_directory`), splits and summary together: a crash leaves the previous output.
     """
-    from sdpose.ray_runtime import ray_session
 
     workdir = Path(workdir)
     manifests = find_manifests(workdir / PREPARED_DIR)

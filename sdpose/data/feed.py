@@ -24,7 +24,7 @@ Train images are (N, Hi, Wi, 3) uint8 BGR, a quarter of float32's bytes through 
 store; the worker normalises them (`core.inputs.normalize_tensor`) into a channels-last
 tensor, the layout in which the CPU convolutions run fastest. Validation images are
 (N, 3, Hi, Wi) float32 ImageNet-normalised RGB, what every inference path takes. The sizes
-are the model's (`codec_for_params`), and the crops must have been cut for that
+are the model's (`codec_for_labels`), and the crops must have been cut for that
 input size (`check_crop_resolution`).
 """
 
@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from sdpose.core.codecs import Codec, codec_for_params
+from sdpose.core.codecs import Codec, codec_for_labels
 from sdpose.core.geometry import apply_affine, invert_affine
 from sdpose.core.inputs import normalize_images
 from sdpose.core.paths import CROPS_DIR
@@ -56,7 +56,7 @@ from sdpose.data.augment import (
 from sdpose.data.crop_rows import decode_crop, fixed_list_column
 
 if TYPE_CHECKING:
-    import ray.data
+    import ray.data  # lazy: ray.data costs 1.0 s; evaluation and export read crops here without Ray
 
 BATCH_ROWS = 128  # rows per block and augmentation task: per-task overhead amortised
 NUM_KEYPOINTS = 17
@@ -112,7 +112,7 @@ def check_crop_resolution(workdir: Path, codec: Codec) -> None:
 
 def train_dataset(params: Params, workdir: Path, epoch: int = 0) -> ray.data.Dataset:
     """Augmented training samples; the first pass is `epoch`, each later pass the next."""
-    codec = codec_for_params(params)
+    codec = codec_for_labels(params.model.resolve(), params.train)
     check_crop_resolution(workdir, codec)
     ds = _train_rows(crop_shards(workdir, "train"), _mix(params.train.seed, epoch))
     ds = ds.map_batches(
@@ -138,8 +138,8 @@ def _train_rows(shards: list[str], seed: int) -> ray.data.Dataset:
     throughput issue's profile in docs/training.md). A larger split streams from the files,
     whose order is shuffled per pass.
     """
-    import ray
-    from ray.data import FileShuffleConfig, RandomSeedConfig
+    import ray  # lazy: ray.data costs 1.0 s; evaluation and export read crops here without Ray
+    from ray.data import FileShuffleConfig, RandomSeedConfig  # lazy: ray.data costs 1.0 s; evaluation and export read crops here without Ray
 
     if sum(Path(shard).stat().st_size for shard in shards) > CACHE_BYTES:
         return _in_small_blocks(ray.data.read_parquet(shards, shuffle=FileShuffleConfig(seed=seed)))
@@ -151,9 +151,9 @@ def _train_rows(shards: list[str], seed: int) -> ray.data.Dataset:
 
 def val_dataset(params: Params, workdir: Path, split: str = "val") -> ray.data.Dataset:
     """Validation samples (`val`, or `val_det` for detector boxes): warped, not augmented."""
-    import ray
+    import ray  # lazy: ray.data costs 1.0 s; evaluation and export read crops here without Ray
 
-    codec = codec_for_params(params)
+    codec = codec_for_labels(params.model.resolve(), params.train)
     check_crop_resolution(workdir, codec)
     ds = ray.data.read_parquet(crop_shards(workdir, split))
     ds = _in_small_blocks(ds).map_batches(
@@ -174,7 +174,7 @@ def validation_feed(params: Params, workdir: Path, split: str = "val") -> ray.da
     fit in CACHE_BYTES is materialised; a larger one (COCO val: ~5 GB) streams.
     """
     ds = val_dataset(params, workdir, split)
-    if split_rows(workdir, split) * sample_bytes(codec_for_params(params)) <= CACHE_BYTES:
+    if split_rows(workdir, split) * sample_bytes(codec_for_labels(params.model.resolve(), params.train)) <= CACHE_BYTES:
         return ds.materialize()
     return ds
 
@@ -296,7 +296,7 @@ def _pass_index() -> int:
     Ray Data counts them in the DataContext it ships with every task (private field, also
     behind FileShuffleConfig's reseeding); 0 if a future Ray drops it.
     """
-    from ray.data import DataContext
+    from ray.data import DataContext  # lazy: ray.data costs 1.0 s; evaluation and export read crops here without Ray
 
     return int(getattr(DataContext.get_current(), "_execution_idx", 0))
 

@@ -1,6 +1,6 @@
-"""The shipped student: its runtimes, its int8 form, the registry and `sdpose predict`.
+"""What shipped, run and registered: runtimes, `sdpose predict`, the model registry.
 
-runtimes.py opens an ONNX file on onnxruntime or OpenVINO; latency.py measures it;
-quantize.py writes the int8 form; registry.py keeps versions in MLflow; predict.py runs
-a registered or exported file on images.
+runtimes.py opens an ONNX file on onnxruntime or OpenVINO; predict.py runs an exported or
+registered file on images; registry.py keeps versions in MLflow and stores the export's
+verdicts (it never judges a file). What a file is worth is measured by `sdpose.export`.
 """

@@ -26,8 +26,13 @@ from sdpose.config import EvaluateParams, Params
 from sdpose.core.codecs import Codec, codec_for_output, codec_from_record
 from sdpose.core.errors import InputError
 from sdpose.core.inputs import center_scale, normalize_images
-from sdpose.core.paths import CARD_NAME, EXPORT_DIR, ONNX_NAME
+from sdpose.core.paths import CARD_NAME, EXPORT_DIR, ONNX_NAME, int8_path
+from sdpose.data.coco import DataError, load_detections
+from sdpose.deploy.registry import RegistryError, load_onnx
+from sdpose.deploy.runtimes import RuntimeUnavailableError, open_session, resolve_runtime
+from sdpose.evaluation.coco_ap import write_results
 from sdpose.evaluation.inference import InferenceError, OutputRunner, Predictions, predict_crops
+from sdpose.evaluation.visualize import draw_poses
 
 DEFAULT_MODEL = EXPORT_DIR / ONNX_NAME
 RESULTS_NAME = "keypoints.json"
@@ -83,7 +88,6 @@ def load_person_boxes(
     `score_thr` are dropped; a malformed record or a box with no pixel inside its image is
     an error naming the file, the record and the field.
     """
-    from sdpose.data.coco import DataError, load_detections
 
     try:
         records = load_detections(Path(path))
@@ -179,7 +183,6 @@ def onnx_runner(path: Path, runtime: str = "auto", threads: int = 0) -> tuple[Ou
     `runtime` "auto": the one its model card names (the faster measured at export), else
     onnxruntime; a runtime that is not installed is an error naming the extra to install.
     """
-    from sdpose.deploy.runtimes import RuntimeUnavailableError, open_session, resolve_runtime
 
     path = Path(path)
     if not path.is_file():
@@ -225,11 +228,7 @@ def resolve_model(
 ) -> Path:
     """A local ONNX file from a path, a `models:/...` registry URI, or the default export;
     `int8`: that model's int8 form (the file beside it, or the version's int8 artifact)."""
-    from sdpose.deploy.quantize import int8_path
-
     if str(model).startswith("models:/"):
-        from sdpose.deploy.registry import RegistryError, load_onnx
-
         try:
             return load_onnx(params, workdir, str(model), form="int8" if int8 else "fp32")
         except RegistryError as error:  # a version or form that is not there: bad input
@@ -260,7 +259,6 @@ def predict(
     `export.runtime`); `int8`: the model's int8 form. Returns {results, overlays, images,
     instances, model, runtime}.
     """
-    from sdpose.deploy.runtimes import resolve_runtime
 
     workdir = Path.cwd() if workdir is None else Path(workdir)
     check_out_dir(out_dir)  # before the model loads: a bad --out should not cost a minute
@@ -280,7 +278,6 @@ def predict_with_runner(
     params: Params,
 ) -> dict[str, Any]:
     """`predict` with any network: the whole path from image files to results and PNGs."""
-    from sdpose.evaluation.coco_ap import write_results
 
     if not images:
         raise PredictError("no images given")
@@ -343,7 +340,6 @@ def _write_overlay(
     rgb: np.ndarray, image_id: int, path: Path, results: list[dict], out_dir: Path, vis_thr: float
 ) -> Path:
     """The image with every person whose instance score passes `vis_thr` drawn on it."""
-    from sdpose.evaluation.visualize import draw_poses
 
     people = [r for r in results if r["image_id"] == image_id and r["score"] > vis_thr]
     keypoints = np.array([r["keypoints"] for r in people], dtype=np.float64).reshape(-1, 17, 3)

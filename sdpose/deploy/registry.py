@@ -11,9 +11,10 @@ every call builds its own client.
 
 The int8 form travels with its fp32 student: it is an artifact of the same run, beside the
 fp32 file in the version's `model/` folder (`load_onnx(..., form="int8")`), logged only when
-it passes the int8 gate (`sdpose.deploy.int8_gate`: its AP within
+the export's int8 gate passed it (`sdpose.export.int8_gate`: its AP within
 `export.int8_max_ap_drop` of the fp32 file's, its heatmaps within `export.int8_rtol` of
-PyTorch's). Either way the version's
+PyTorch's). The registry stores that verdict (`Int8Verdict`), it never judges. Either way
+the version's
 `int8` tag says what happened and why. One version per trained student, not a second
 registered model: the champion alias then picks fp32 and int8 together, and a deployment
 never pairs an int8 file with another student's card.
@@ -23,12 +24,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from sdpose.config import ConfigError, Params
 from sdpose.core.errors import InputError
@@ -39,67 +41,39 @@ from sdpose.core.paths import (
     ONNX_NAME,
     REGISTRY_DOWNLOADS,
     WEIGHTS_NAME,
-    resolve,
 )
-from sdpose.deploy.int8_gate import Int8Candidate, int8_outcome
+from sdpose.mlflow_store import open_client, registry_root, tracking_uri
 
+# mlflow is imported where it is used (`# lazy`): it costs 1.4 s at import, and predict and
+# the training commands import this module without always opening the registry.
 CHAMPION = "champion"
 ARTIFACT_DIR = "model"  # run artifact folder holding the ONNX file and the model card
 INT8_TAG = "int8"  # on every version: "registered" or why the int8 form is absent
-SQLITE_PREFIX = "sqlite:///"
 NOT_CHAMPION_TAG = "not_champion"  # on a version refused by the min_ap gate: why
-# The project folder whose registry a run uses, when its stages run elsewhere (set by the
-# flow for a DVC experiment's temporary workspace; see `registry_root`).
-REGISTRY_ROOT_ENV = "SDPOSE_REGISTRY_ROOT"
+
+
+@dataclass(frozen=True)
+class Int8Verdict:
+    """What the export decided about its int8 file: stored with the version as given."""
+
+    registered: bool  # the file is logged beside the fp32 one
+    reason: str  # the version's int8 tag when not registered; the export's summary line
+    path: Path | None = None  # the int8 file, when one was built
+    ap: float | None = None  # its ONNX AP on the export's val set
+
+    def record(self) -> dict[str, Any]:
+        return {"registered": self.registered, "reason": self.reason}
+
+
+NO_INT8 = Int8Verdict(False, "no int8 form was built")
 
 
 class RegistryError(InputError):
     """The registry cannot answer (unknown model or alias, missing artifact)."""
 
 
-def registry_root(workdir: Path) -> Path:
-    """Where relative registry paths resolve: the workdir, unless REGISTRY_ROOT_ENV names
-    the project folder (a DVC experiment's stages run in a temporary copy of it, and their
-    student belongs in the project's registry, not in a folder DVC deletes)."""
-    return Path(os.environ.get(REGISTRY_ROOT_ENV) or workdir).resolve()
-
-
-def tracking_uri(params: Params, workdir: Path) -> str:
-    """`registry.tracking_uri` with a relative SQLite path resolved against the registry
-    root (`registry_root`).
-
-    SQLAlchemy would resolve `sqlite:///mlruns.db` against the process's current folder;
-    a stage must not depend on where it was started from.
-    """
-    workdir = registry_root(workdir)
-    uri = params.registry.tracking_uri
-    if uri.startswith(SQLITE_PREFIX):
-        path = resolve(Path(workdir).resolve(), uri[len(SQLITE_PREFIX) :])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return SQLITE_PREFIX + str(path)
-    if "://" not in uri:  # a bare folder: MLflow's file store
-        return str((Path(workdir) / uri).resolve())
-    return uri
-
-
-def open_client(uri: str):  # -> mlflow.MlflowClient
-    """An MLflow client whose store is ready. A new SQLite store is created and migrated
-    under a file lock: two runs of the pipeline opening the same fresh `mlruns.db` at once
-    (concurrent DVC experiments) would otherwise both migrate it, and one fails with
-    "duplicate column name"."""
-    from filelock import FileLock
-    from mlflow import MlflowClient  # heavy import, only when the registry is used
-
-    if not uri.startswith(SQLITE_PREFIX):
-        return MlflowClient(tracking_uri=uri, registry_uri=uri)
-    with FileLock(uri[len(SQLITE_PREFIX) :] + ".lock"):
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        client.search_experiments(max_results=1)  # creates and migrates the store now
-    return client
-
-
 def _client(params: Params, workdir: Path):  # -> mlflow.MlflowClient
-    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException  # lazy
 
     uri = tracking_uri(params, workdir)
     try:
@@ -130,7 +104,7 @@ def _float_tag(version, key: str) -> float | None:
 
 def current_champion(params: Params, workdir: Path, client=None):  # -> ModelVersion | None
     """The version holding the champion alias, or None (no model or no alias yet)."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # lazy: see the note on mlflow
 
     client = client or _client(params, workdir)
     try:
@@ -147,12 +121,12 @@ def register_student(
     metrics: dict[str, float],
     val_set: str,
     score_on_current_val: Callable[[Path], float] | None = None,
-    int8: Int8Candidate | None = None,
+    int8: Int8Verdict = NO_INT8,
     weights: Path | None = None,
 ) -> dict[str, Any]:
     """Log a run with the ONNX file, card and metrics; register it; move the alias if better.
 
-    `int8`: the export's int8 file, logged beside the fp32 one if it passes `int8_refusal`.
+    `int8`: the export's verdict on its int8 file, logged beside the fp32 one if it passed.
     `weights`: the PyTorch checkpoint the student was exported from, logged as
     WEIGHTS_NAME so that `train.init: models:/...` can fine-tune from a version.
 
@@ -167,9 +141,8 @@ def register_student(
         raise ValueError(f"metrics must hold a finite student_ap to register; got {metrics}")
     client = _client(params, workdir)
     name = params.registry.model_name
-    int8_verdict = int8_outcome(params, int8)
     files = {ONNX_NAME: onnx_path}
-    if int8 and int8_verdict["registered"]:
+    if int8.registered and int8.path is not None:
         files[INT8_NAME] = int8.path
     if weights is not None:
         files[WEIGHTS_NAME] = weights
@@ -177,8 +150,8 @@ def register_student(
     _ensure_registered_model(client, name)
     artifact_uri = client.get_run(run_id).info.artifact_uri
     tags = {"student_ap": repr(float(metrics["student_ap"])), "val_set": val_set}
-    tags[INT8_TAG] = "registered" if int8_verdict["registered"] else int8_verdict["reason"]
-    if int8 is not None:
+    tags[INT8_TAG] = "registered" if int8.registered else int8.reason
+    if int8.ap is not None:
         tags["int8_ap"] = repr(float(int8.ap))
     tags |= {key: str(card[key]) for key in ("preset", "cycles", "params", "gflops") if key in card}
     if (gate := _below_min_ap(params, metrics["student_ap"])) is not None:
@@ -201,7 +174,7 @@ def register_student(
         "previous_champion": int(champion.version) if champion else None,
         "previous_champion_ap": champion_ap,
         "reason": reason,
-        "int8": int8_verdict,
+        "int8": int8.record(),
     }
 
 
@@ -269,7 +242,7 @@ def _log_run(client, params, workdir, files, card, metrics, val_set) -> str:
 
 
 def _ensure_registered_model(client, name: str) -> None:
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # lazy: see the note on mlflow
 
     try:
         client.get_registered_model(name)
@@ -335,11 +308,9 @@ def _version_file(params: Params, workdir: Path, version_or_uri: str | int, file
     version = _resolve_version(client, params.registry.model_name, version_or_uri)
     source = client.get_model_version_download_uri(version.name, version.version)
     if source.startswith("file://"):
-        from urllib.parse import unquote, urlparse
-
         folder = Path(unquote(urlparse(source).path))
     else:
-        import mlflow.artifacts
+        import mlflow.artifacts  # lazy: see the note on mlflow
 
         destination = Path(workdir) / REGISTRY_DOWNLOADS / f"{version.name}-v{version.version}"
         destination.mkdir(parents=True, exist_ok=True)
@@ -361,7 +332,7 @@ def _version_file(params: Params, workdir: Path, version_or_uri: str | int, file
 
 
 def _resolve_version(client, default_name: str, version_or_uri: str | int):
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # lazy: see the note on mlflow
 
     text = str(version_or_uri)
     name, reference = default_name, text

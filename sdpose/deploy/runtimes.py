@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from sdpose.core.errors import InputError
 from sdpose.core.paths import CARD_NAME
@@ -87,8 +88,6 @@ def cpu_session(path: Path, threads: int = 0, contrib_attention: bool = True):
     Ops run one after another on `threads` threads: the student graph is a chain, so an
     inter-op pool would only compete with the intra-op one for the same cores.
     """
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -205,7 +204,7 @@ def _onnxruntime_session(path: Path, threads: int) -> Session:
 def _openvino_session(path: Path, threads: int) -> Session:
     """OpenVINO on the CPU, tuned for latency as `sdpose predict` calls it (one request at
     a time), in fp32 (see the module docstring)."""
-    import openvino
+    import openvino  # lazy: an optional extra, imported only where installed
 
     config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     if threads:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from sdpose.config import Params
-from sdpose.core.codecs import codec_for_params
+from sdpose.core.codecs import codec_for_labels
 from sdpose.data.crop_rows import crop_rows, max_box_height
 from sdpose.data.feed import val_batch
 from sdpose.data.manifest import SCHEMA
@@ -40,7 +40,7 @@ def heldout_ap(
     rows = pa.Table.from_pylist(prepared.rows, schema=SCHEMA)
     height = max_box_height(model.config.input_size)
     table, _ = crop_rows(rows, Path(images), params.crops, height)
-    codec = codec_for_params(params, model.config)
+    codec = codec_for_labels(model.config, params.train)
     runner = inference.model_runner(model.eval(), cycles)
     found = inference.Predictions()
     with torch.no_grad():

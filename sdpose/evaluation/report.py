@@ -17,6 +17,8 @@ import numpy as np
 
 from sdpose.core.keypoints import NUM_KEYPOINTS
 from sdpose.core.paths import PREPARED_DIR, TUNE_METRICS, resolve
+from sdpose.data.manifest import read_manifest
+from sdpose.evaluation.visualize import draw_poses, image_grid
 
 GRID_IMAGES = 8
 STAT_COLUMNS = ("AP", "AP50", "AP75", "APm", "APl", "AR")
@@ -41,10 +43,10 @@ def _number(value: Any) -> bool:
 
 
 def plot_ap_per_cycle(evaluation: dict[str, Any], path: Path) -> Path:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib costs 0.6 s and picks its backend at import
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib costs 0.6 s and picks its backend at import
 
     figure, axes = plt.subplots(figsize=(5, 3.5))
     for name, entry in evaluation["models"].items():
@@ -65,10 +67,10 @@ def plot_ap_per_cycle(evaluation: dict[str, Any], path: Path) -> Path:
 
 
 def plot_ap_vs_gflops(evaluation: dict[str, Any], trials: list[dict], path: Path) -> Path:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib costs 0.6 s and picks its backend at import
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib costs 0.6 s and picks its backend at import
 
     figure, axes = plt.subplots(figsize=(5.5, 4))
     if trials:
@@ -106,7 +108,7 @@ def plot_ap_vs_gflops(evaluation: dict[str, Any], trials: list[dict], path: Path
 
 
 def _save(figure, path: Path) -> Path:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib costs 0.6 s and picks its backend at import
 
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
@@ -119,8 +121,6 @@ def prediction_grid(
     results: list[dict], workdir: Path, split: str, score_thr: float, path: Path
 ) -> Path | None:
     """Up to GRID_IMAGES val images with the student's predicted skeletons, as one PNG."""
-    from sdpose.data.manifest import read_manifest
-    from sdpose.evaluation.visualize import draw_poses, image_grid
 
     manifest = Path(workdir) / PREPARED_DIR / f"{split}.parquet"
     if not results or not manifest.is_file():

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from sdpose.core.keypoints import KEYPOINT_NAMES, SKELETON
+from sdpose.data.coco import load_coco_keypoints
 
 LEFT, RIGHT, MIDDLE = (0, 128, 255), (255, 128, 0), (0, 200, 0)  # BGR
 BOX_COLOR = (255, 255, 255)
@@ -112,7 +113,6 @@ def coco_overlay_grid(
     annotations_path: Path, image_root: Path, count: int = 12, columns: int = 4
 ) -> np.ndarray:
     """The first `count` images of a COCO keypoint file with their labels drawn over them."""
-    from sdpose.data.coco import load_coco_keypoints  # data layer only when needed
 
     data = load_coco_keypoints(Path(annotations_path))
     by_image: dict[int, list[dict]] = {}

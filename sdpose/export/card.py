@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
 from torch import nn
 
 from sdpose.core.codecs import Codec, codec_record
@@ -19,6 +20,7 @@ from sdpose.core.paths import TRAIN_MODELS
 from sdpose.core.provenance import git_commit
 from sdpose.core.simcc import SimCCCodec
 from sdpose.export.onnx import INPUT_NAME, output_name
+from sdpose.models.cost import model_info
 
 NORMALISATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
@@ -33,7 +35,6 @@ def model_card(
     codec: Codec,
 ) -> dict[str, Any]:
     """What a deployer needs to trust and call the file: origin, cost, accuracy, contract."""
-    from sdpose.models.cost import model_info
 
     config = model.config
     info = model_info(config)
@@ -102,7 +103,6 @@ def _training_params(checkpoint: dict[str, Any], workdir: Path) -> dict[str, Any
 
 def dvc_data_version(workdir: Path) -> dict[str, str] | None:
     """The DVC hashes of the data outputs (dvc.lock), or None outside a DVC run."""
-    import yaml
 
     lock = workdir / "dvc.lock"
     if not lock.is_file():

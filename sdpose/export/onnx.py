@@ -23,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
+from onnxscript import opset23
 from torch import nn
 
+from sdpose.deploy.runtimes import cpu_session, installed_runtimes, open_session
 from sdpose.models.student import StudentGraph
 
 INPUT_NAME = "images"
@@ -52,7 +55,6 @@ def export_onnx(
     Returns {path, opset, nodes, max_abs_diff, parity (per runtime), atol}; raises
     ExportError on any failure.
     """
-    import onnx
 
     config = model.config
     model.eval()
@@ -106,7 +108,6 @@ def output_name(config) -> str:  # config: ModelConfig
 
 def _onnx_attention(query, key, value, heads: int):
     """`sdpose::attention` as ONNX Attention-23 on merged-head (N, L, D) tensors."""
-    from onnxscript import opset23
 
     output, *_ = opset23.Attention(query, key, value, q_num_heads=heads, kv_num_heads=heads)
     return output
@@ -148,7 +149,6 @@ def _parity_diff(
 def _parity_sessions(path: Path) -> Iterator[tuple[str, str, Callable[[np.ndarray], np.ndarray]]]:
     """(form, runtime, run) of every way the file is run: onnxruntime as written and with
     its contrib attention, then each other installed runtime."""
-    from sdpose.deploy.runtimes import cpu_session, installed_runtimes, open_session
 
     for contrib_attention in (False, True):
         session = cpu_session(path, contrib_attention=contrib_attention)

@@ -20,7 +20,7 @@ from torch import nn
 from sdpose.core.errors import InputError
 from sdpose.core.paths import atomic_file
 from sdpose.models.mct import SDPose
-from sdpose.models.presets import ModelConfig, resolve_model_config
+from sdpose.core.presets import ModelConfig, resolve_model_config
 
 
 class CheckpointError(InputError):

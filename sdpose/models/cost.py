@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from sdpose.models.mct import Attention, PatchEmbedding, SDPose
-from sdpose.models.presets import PRESETS, ModelConfig, resolve_model_config
+from sdpose.core.presets import PRESETS, ModelConfig, resolve_model_config
 from sdpose.models.student import StudentGraph, TokenAttention
 
 Counter = Callable[[nn.Module, torch.Tensor, torch.Tensor], int]

@@ -24,7 +24,7 @@ from torch import nn
 from sdpose.models.backbones import build_backbone
 from sdpose.models.heads import HeatmapHead, build_head
 from sdpose.models.outputs import CycleOutput
-from sdpose.models.presets import ModelConfig
+from sdpose.core.presets import ModelConfig
 
 
 def sine_position_embedding(

@@ -24,8 +24,8 @@ import torch
 
 from sdpose.config import ConfigError, Params
 from sdpose.core.paths import resolve
+from sdpose.core.presets import ModelConfig
 from sdpose.models.checkpoint import CheckpointError, read_checkpoint
-from sdpose.models.presets import ModelConfig
 from sdpose.models.pretrained import PretrainedError, shipped
 
 SCRATCH = "scratch"

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
 
 from sdpose.config import Params
 from sdpose.core.errors import MissingInputError
@@ -37,10 +39,13 @@ from sdpose.core.paths import (
     split_paths,
 )
 from sdpose.core.provenance import code_version
+from sdpose.data import feed
+from sdpose.ray_runtime import ray_session
 from sdpose.training.checkpoints import BEST_FILE, STATE_FILE
 from sdpose.training.history import plot_history, write_history_csv, write_json
 from sdpose.training.init import resolve_init
 from sdpose.training.loop import train_loop_per_worker
+from sdpose.training.rendezvous import torch_config
 from sdpose.training.storage import RunStorage
 
 RUN_NAME = "sdpose-train"
@@ -114,7 +119,6 @@ def train(
     params: Params, workdir: Path, paths: TrainPaths, first_epoch: int, placement_strategy: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit the TorchTrainer, write the outputs of its last checkpoint; (summary, Ray info)."""
-    from sdpose.ray_runtime import ray_session
 
     with ray_session(params.ray) as ray_info:
         if ray_info.get("dashboard_url"):
@@ -150,11 +154,6 @@ def build_trainer(
     `callbacks` are Ray Train run callbacks (Tune's report callback inside a trial);
     `console`: rank 0 prints epoch lines and a progress bar (off inside a Tune trial).
     """
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from sdpose.data import feed
-    from sdpose.training.rendezvous import torch_config
 
     init = resolve_init(params, workdir)
     resources = {"CPU": params.ray.cpus_per_worker}

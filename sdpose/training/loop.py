@@ -34,7 +34,7 @@ import torch.distributed as dist
 
 from sdpose import console
 from sdpose.config import Params
-from sdpose.core.codecs import Codec, codec_for_params
+from sdpose.core.codecs import Codec, codec_for_labels
 from sdpose.core.inputs import normalize_tensor
 from sdpose.models import build_model
 from sdpose.models.checkpoint import unwrap
@@ -157,7 +157,7 @@ def validate_model(trainee: Trainee, params: Params, annotations: Path) -> dict[
         batch_size=per_worker_batch(params, world_size)
     )
     own_share = (batch for index, batch in enumerate(val_batches) if index % world_size == rank)
-    codec = codec_for_params(params)
+    codec = codec_for_labels(params.model.resolve(), params.train)
     return validate_epoch(trainee, own_share, codec, params, annotations)
 
 

@@ -29,7 +29,7 @@ from sdpose.models.outputs import CycleOutput
 
 if TYPE_CHECKING:
     from sdpose.config import TrainParams
-    from sdpose.models.presets import ModelConfig
+    from sdpose.core.presets import ModelConfig
 
 
 FOREGROUND_LEVEL = 0.05  # target values above this are "under the Gaussian"

@@ -13,10 +13,13 @@ it to the TCPStore (`master_listen_fd`), and the workers join that store. Any ot
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import socket
 from dataclasses import dataclass
 from typing import Any
 
+import ray
+import torch.distributed as dist
 from ray.train.torch import TorchConfig
 from ray.train.torch.config import _set_torch_distributed_env_vars, _TorchBackend
 
@@ -26,9 +29,6 @@ _listening: dict[str, socket.socket] = {}  # rank 0's bound socket, until the st
 
 def every_node_on_loopback() -> bool:
     """Whether every live node of the connected Ray has a loopback address."""
-    import ipaddress
-
-    import ray
 
     addresses = [node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]]
     return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
@@ -52,7 +52,6 @@ class LoopbackTorchConfig(TorchConfig):
 
 class _LoopbackTorchBackend(_TorchBackend):
     def on_start(self, worker_group: Any, backend_config: TorchConfig) -> None:
-        import ray
 
         port = worker_group.execute_single(0, _listen_on_loopback)
         worker_group.execute(_set_torch_distributed_env_vars)
@@ -85,7 +84,6 @@ def _listen_on_loopback() -> int:
 def _join_process_group(
     backend: str, world_rank: int, world_size: int, port: int, timeout_s: int
 ) -> None:
-    import torch.distributed as dist
 
     timeout = datetime.timedelta(seconds=timeout_s)
     if world_rank == 0:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
+from ray.train import Result
 
 from sdpose.core.paths import resolve
 
@@ -60,7 +61,6 @@ class RunStorage:
         decides, not the folders: a folder can exist half-copied when a node died during
         the upload, and Ray would not restore it either.
         """
-        from ray.train import Result
 
         if self.filesystem.get_file_info(self.run_path).type == pafs.FileType.NotFound:
             return None

@@ -15,8 +15,13 @@ from __future__ import annotations
 
 import time
 
+import ray
 from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 from ray.tune import Callback
+from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+from ray.util.state import get_actor
+
+from sdpose.ray_runtime import describe_ray
 
 PLACEMENT_GROUP = "placement_group_id"
 CONTROLLER = "controller_actor_id"
@@ -39,7 +44,6 @@ class PlacementGroupRecorder(WorkerGroupCallback):
     """
 
     def after_worker_group_start(self, worker_group) -> None:
-        import ray
 
         handle = worker_group.get_worker_group_state().placement_group_handle
         _recorded[PLACEMENT_GROUP] = handle.placement_group.id.hex()
@@ -59,7 +63,6 @@ class PlacementGroupJanitor(Callback):
         self._last_sweep = 0.0
 
     def setup(self, **info) -> None:
-        from sdpose.ray_runtime import describe_ray  # after a restore: this run's dashboard
 
         self._dashboard = describe_ray()["dashboard_url"]
 
@@ -85,13 +88,6 @@ class PlacementGroupJanitor(Callback):
             self._pending[result[PLACEMENT_GROUP]] = result[CONTROLLER]
 
     def _sweep(self) -> None:
-        import ray
-        from ray.util.placement_group import (
-            PlacementGroup,
-            placement_group_table,
-            remove_placement_group,
-        )
-        from ray.util.state import get_actor
 
         self._last_sweep = time.monotonic()
         for group_id, controller in list(self._pending.items()):

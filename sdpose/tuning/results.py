@@ -14,7 +14,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import ray
+import torch
+from ray import cloudpickle
+
 from sdpose.core.paths import write_text_atomic
+from sdpose.models.cost import model_info
+from sdpose.training.checkpoints import BEST_FILE, STATE_FILE
+from sdpose.training.launcher import RUN_NAME
+from sdpose.training.storage import RunStorage
 from sdpose.tuning.space import InvalidTrialConfigError, trial_params
 
 OBJECTIVE = "student_ap"
@@ -23,7 +31,6 @@ STATUSES = ("completed", "stopped", "failed", "interrupted", "not_run")
 
 def trial_cost(config: dict[str, Any], *, base_params: dict[str, Any], max_epochs: int) -> dict:
     """params and GFLOPs of the model a trial config builds; {"invalid": reason} if none."""
-    from sdpose.models.cost import model_info
 
     try:
         params = trial_params(base_params, config, max_epochs)
@@ -50,8 +57,6 @@ def trial_error(trial) -> str:
 def _pickled_error(trial) -> Exception | None:
     """Tune writes the error beside the trial first and copies it to storage later:
     callbacks of the failing step find only the first, a finished search only the second."""
-    import ray
-    from ray import cloudpickle
 
     local = trial.pickled_error_file if ray.is_initialized() else None  # a session folder
     if local and Path(local).is_file():
@@ -62,9 +67,6 @@ def _pickled_error(trial) -> Exception | None:
 
 def trial_history(latest) -> list[dict[str, float]]:
     """Every finished epoch of a trial's Ray Train run, from its latest (epoch, checkpoint)."""
-    import torch
-
-    from sdpose.training.checkpoints import STATE_FILE
 
     if latest is None:
         return []
@@ -75,9 +77,6 @@ def trial_history(latest) -> list[dict[str, float]]:
 
 def trial_row(trial, run: Path, cost: dict[str, Any], max_epochs: int) -> dict[str, Any]:
     """One row of metrics/tune.json."""
-    from sdpose.training.checkpoints import BEST_FILE
-    from sdpose.training.launcher import RUN_NAME
-    from sdpose.training.storage import RunStorage
 
     storage = RunStorage.of(run, RUN_NAME, run)
     latest = storage.latest_checkpoint()  # Ray's record, read once per row
@@ -128,8 +127,13 @@ def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows no other row beats on both counts (more AP for no more GFLOPs), cheapest first."""
-    scored = [row for row in rows if row[OBJECTIVE] is not None and row["gflops"] is not None]
+    """Rows no other row beats on both counts (more AP for no more GFLOPs), cheapest first;
+    failed trials are not candidates (as in `best_row`)."""
+    scored = [
+        row
+        for row in rows
+        if row["status"] != "failed" and row[OBJECTIVE] is not None and row["gflops"] is not None
+    ]
     scored.sort(key=lambda row: (row["gflops"], -row[OBJECTIVE]))
     front: list[dict[str, Any]] = []
     for row in scored:
@@ -140,10 +144,10 @@ def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def plot_pareto(rows: list[dict[str, Any]], best: dict[str, Any] | None, path: Path) -> None:
     """Student AP against GFLOPs, every scored trial labelled, the front as a staircase."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib costs 0.6 s and picks its backend at import
 
     matplotlib.use("Agg")  # no display on servers
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib costs 0.6 s and picks its backend at import
 
     front = pareto_front(rows)
     figure, axis = plt.subplots(figsize=(7, 4.5))
@@ -201,8 +205,9 @@ def write_results(
     if best is not None:
         shutil.copyfile(best["checkpoint"], best_model)
         write_text_atomic(best_model.parent / "config.json", json.dumps(best, indent=2) + "\n")
-    elif best_model.exists():
-        best_model.unlink()  # never leave an older search's student as this one's best
+    else:  # never leave an older search's student (or its description) as this one's best
+        best_model.unlink(missing_ok=True)
+        (best_model.parent / "config.json").unlink(missing_ok=True)
     record = {
         **summary,
         "best": best,

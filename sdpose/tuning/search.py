@@ -23,9 +23,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
+from ray import tune
+from ray.tune import ExperimentAnalysis, Tuner
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
 from sdpose.config import ConfigError, Params
 from sdpose.core.errors import MissingInputError
 from sdpose.core.paths import CANDIDATES, REPORTS_DIR, TUNE_METRICS, resolve
+from sdpose.data.feed import crop_shards
+from sdpose.mlflow_store import registry_root, tracking_uri
+from sdpose.ray_runtime import ray_session
+from sdpose.training.init import resolve_init
+from sdpose.training.launcher import TrainPaths
+from sdpose.tuning.cleanup import PlacementGroupJanitor
+from sdpose.tuning.results import STATUSES, plot_pareto, trial_cost, trial_row, write_results
+from sdpose.tuning.space import check_fits, distinct_points, max_concurrent_trials, search_space
+from sdpose.tuning.tracking import MlflowTrials
+from sdpose.tuning.trial import EPOCHS_DONE, SCORE, drive_trial, run_dir
+from sdpose.tuning.trial_lines import TrialLines
 
 EXPERIMENT_NAME = "sdpose-tune"
 # The trial's driver only waits on its Train run: no CPU (a fraction would leave Ray Data
@@ -46,8 +63,6 @@ class TunePaths:
 
     @classmethod
     def under(cls, workdir: Path, params: Params) -> TunePaths:
-        from sdpose.deploy.registry import registry_root
-
         workdir = Path(workdir).resolve()
         storage = resolve(workdir, params.ray.storage_path)
         return cls(
@@ -62,10 +77,6 @@ class TunePaths:
 
 def run(params: Params, workdir: Path, resume: bool = False) -> dict[str, Any]:
     """Search (or resume the interrupted search), write the outputs, return the summary."""
-    from ray.tune import ExperimentAnalysis, Tuner
-
-    from sdpose.ray_runtime import ray_session
-    from sdpose.tuning.results import plot_pareto, write_results
 
     workdir = Path(workdir).resolve()
     paths = TunePaths.under(workdir, params)
@@ -91,8 +102,6 @@ def run(params: Params, workdir: Path, resume: bool = False) -> dict[str, Any]:
 
 def _check_inputs(params: Params, workdir: Path) -> None:
     """Fail before Ray starts when the crops or the validation annotations are missing."""
-    from sdpose.data.feed import crop_shards
-    from sdpose.training.launcher import TrainPaths
 
     crop_shards(workdir, "train")
     annotations = TrainPaths.under(workdir, params).annotations
@@ -107,7 +116,6 @@ def _check_inputs(params: Params, workdir: Path) -> None:
 def check_space_fits_init(params: Params, workdir: Path) -> None:
     """Every trial starts from `train.init`'s weights: a space that changes the architecture
     (anything in model.* but the cycles, which share one set of layers) cannot."""
-    from sdpose.training.init import resolve_init
 
     init = resolve_init(params, workdir)
     if init is None:
@@ -124,11 +132,6 @@ def check_space_fits_init(params: Params, workdir: Path) -> None:
 
 def _tuner(params: Params, workdir: Path, paths: TunePaths, resumed: bool):
     """A new Tuner, or the interrupted one restored; and how many trials run at once."""
-    import ray
-    from ray import tune
-
-    from sdpose.tuning.space import check_fits, max_concurrent_trials, search_space
-    from sdpose.tuning.trial import SCORE, drive_trial
 
     resources = ray.cluster_resources()
     check_fits(params.ray, resources)
@@ -173,9 +176,6 @@ def _tuner(params: Params, workdir: Path, paths: TunePaths, resumed: bool):
 
 
 def _scheduler(params: Params):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    from sdpose.tuning.trial import EPOCHS_DONE
 
     if params.tune.scheduler == "fifo":
         return FIFOScheduler()
@@ -200,9 +200,6 @@ def _searcher(params: Params, concurrency: int):
     starts at once, each driver waits for worker CPUs another holds, and Ray Data gets
     none: the search hangs.
     """
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    from sdpose.tuning.space import distinct_points
 
     tune = params.tune
     points, _ = distinct_points(tune.space, tune.num_samples, params.train.seed)
@@ -212,11 +209,6 @@ def _searcher(params: Params, concurrency: int):
 
 
 def _callbacks(params: Params, workdir: Path, paths: TunePaths) -> list:
-    from sdpose.deploy.registry import tracking_uri
-    from sdpose.tuning.cleanup import PlacementGroupJanitor
-    from sdpose.tuning.results import trial_cost
-    from sdpose.tuning.tracking import MlflowTrials
-    from sdpose.tuning.trial_lines import TrialLines
 
     describe = functools.partial(
         trial_cost, base_params=params.to_dict(), max_epochs=params.tune.max_epochs
@@ -236,8 +228,6 @@ def _callbacks(params: Params, workdir: Path, paths: TunePaths) -> list:
 
 
 def _rows(trials: list, params: Params, paths: TunePaths) -> list[dict[str, Any]]:
-    from sdpose.tuning.results import trial_cost, trial_row
-    from sdpose.tuning.trial import run_dir
 
     base, max_epochs = params.to_dict(), params.tune.max_epochs
     rows = []
@@ -255,8 +245,6 @@ def _summary(
     wall_time_s: float,
     resumed: bool,
 ) -> dict[str, Any]:
-    from sdpose.tuning.results import STATUSES
-    from sdpose.tuning.space import distinct_points
 
     trial_time = sum(row["time_s"] or 0.0 for row in rows)
     _, repeats = distinct_points(params.tune.space, params.tune.num_samples, params.train.seed)

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import numpy as np
+from ray import tune
 
 from sdpose.config import (
     ConfigError,
@@ -37,7 +38,6 @@ def search_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     choice takes a list; uniform, loguniform and randint take [low, high] (randint's high
     excluded, as numpy's).
     """
-    from ray import tune
 
     domains: dict[str, Any] = {}
     for key, spec in space.items():

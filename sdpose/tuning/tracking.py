@@ -14,8 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities import Metric, Param
 from ray.tune import Callback
 
+from sdpose.mlflow_store import open_client
+from sdpose.tuning.results import trial_error
 from sdpose.tuning.trial import EPOCHS_DONE
 
 TRIAL_TAG = "sdpose.trial_id"
@@ -43,8 +46,6 @@ class MlflowTrials(Callback):
         return {**self.__dict__, "_client": None, "_runs": {}}
 
     def setup(self, **info) -> None:
-        from sdpose.deploy.registry import open_client
-
         self._client = open_client(self.tracking_uri)
         found = self._client.get_experiment_by_name(self.experiment)
         self._experiment_id = (
@@ -56,7 +57,6 @@ class MlflowTrials(Callback):
         )
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        from mlflow.entities import Param
 
         if trial.trial_id in self._runs:
             return
@@ -82,7 +82,6 @@ class MlflowTrials(Callback):
         )
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        from mlflow.entities import Metric
 
         run_id = self._runs.get(trial.trial_id)
         step, now = int(result.get(EPOCHS_DONE, 0)), int(time.time() * 1000)
@@ -98,7 +97,6 @@ class MlflowTrials(Callback):
         self._end(trial, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        from sdpose.tuning.results import trial_error
 
         run_id = self._runs.get(trial.trial_id)
         if run_id:

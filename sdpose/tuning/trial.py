@@ -13,11 +13,16 @@ running when the search was interrupted continues from its last checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
+import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from sdpose.ray_runtime import quiet_ray_logs
+from sdpose.training.launcher import RUN_NAME, TrainPaths, build_trainer
+from sdpose.training.storage import RunStorage
 from sdpose.tuning.cleanup import PlacementGroupRecorder, recorded_worker_group
 from sdpose.tuning.space import trial_params
 
@@ -42,11 +47,6 @@ def drive_trial(
     An impossible combination raises InvalidTrialConfigError before anything starts, so Tune
     records the trial as failed with that message and the search goes on.
     """
-    import ray.tune
-
-    from sdpose.ray_runtime import quiet_ray_logs
-    from sdpose.training.launcher import RUN_NAME, TrainPaths, build_trainer
-    from sdpose.training.storage import RunStorage
 
     quiet_ray_logs()  # the trial's datasets take this process's DataContext
     max_epochs = base_params["tune"]["max_epochs"]
@@ -76,10 +76,13 @@ class TrialReport(TuneReportCallback):
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         first = metrics[0]
-        student_loss = first.get("pose_loss_cycle1", first.get("loss", 0.0))
+        student_loss = float(first.get("pose_loss_cycle1", first.get("loss", 0.0)))
+        # a diverged (NaN) loss takes the full penalty: a NaN score never falls below ASHA's
+        # cutoff, and the trial would run to max_epochs
+        penalty = min(student_loss, 1.0) if math.isfinite(student_loss) else 1.0
         extra = {
             EPOCHS_DONE: int(first["epoch"]) + 1,
-            SCORE: first["student_ap"] - TIE_BREAK * min(float(student_loss), 1.0),
+            SCORE: first["student_ap"] - TIE_BREAK * penalty,
         }
         extra |= recorded_worker_group()
         super().after_report(run_context, [{**first, **extra}, *metrics[1:]], checkpoint)

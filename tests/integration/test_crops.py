@@ -28,7 +28,7 @@ from ray.data.dataset import MaterializedDataset
 from shared import REPO
 
 from sdpose.config import Params, load_params
-from sdpose.core.codecs import codec_for_params
+from sdpose.core.codecs import codec_for_labels
 from sdpose.core.geometry import apply_affine
 from sdpose.data import crop_rows, crops, feed
 from sdpose.data.manifest import write_manifest
@@ -199,7 +199,11 @@ def test_feed_batches_and_epoch_reseeding(coco_crops, train_rows_kept):
     config = params.model.resolve()  # the default nano at 128x96
     val = feed.val_dataset(params, coco_crops).take_batch(12)
     assert val["images"].shape == (12, 3, *config.input_size) and val["images"].dtype == np.float32
-    assert val["target"].shape == (12, 17, *codec_for_params(params).output_shape)
+    assert val["target"].shape == (
+        12,
+        17,
+        *codec_for_labels(params.model.resolve(), params.train).output_shape,
+    )
     assert val["target_weight"].shape == (12, 17)
     truth = {row["ann_id"]: row for row in coco_rows()}
     for ann_id, center in zip(val["ann_id"], val["center"], strict=True):
@@ -238,7 +242,7 @@ def test_crops_are_cut_for_the_model_input_and_refused_by_another(coco_crops):
 @pytest.mark.timeout(300)
 def test_small_validation_split_is_computed_once(coco_crops, monkeypatch):
     params = Params()
-    sample_bytes = feed.sample_bytes(codec_for_params(params))
+    sample_bytes = feed.sample_bytes(codec_for_labels(params.model.resolve(), params.train))
     cached = feed.validation_feed(params, coco_crops)
     assert isinstance(cached, MaterializedDataset)
     expected = feed.val_dataset(params, coco_crops).take_all()

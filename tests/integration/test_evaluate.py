@@ -12,9 +12,10 @@ import torch
 from shared import COCO_SAMPLE
 
 from sdpose.config import Params
-from sdpose.core.codecs import codec_for_params
-from sdpose.deploy.scoring import onnx_student_ap
-from sdpose.evaluation.stage import model_cycles, run, val_batches, val_set
+from sdpose.core.codecs import codec_for_labels
+from sdpose.evaluation.stage import run
+from sdpose.evaluation.valset import model_cycles, val_batches, val_set
+from sdpose.export.onnx_ap import onnx_student_ap
 from sdpose.models import build_model
 from sdpose.models.checkpoint import save_checkpoint
 from sdpose.models.outputs import CycleOutput
@@ -62,7 +63,9 @@ class TargetNetwork(torch.nn.Module):
         super().__init__()
         self.config = build_model("sdpose-nano").config  # two cycles
         self.targets = {}
-        for batch in val_batches(workdir, "val", codec_for_params(params)):
+        for batch in val_batches(
+            workdir, "val", codec_for_labels(params.model.resolve(), params.train)
+        ):
             for image, target in zip(batch["images"], batch["target"], strict=True):
                 self.targets[image.numpy().tobytes()] = target
 

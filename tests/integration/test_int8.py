@@ -15,17 +15,17 @@ import pytest
 import torch
 
 from sdpose.core.codecs import codec_for_model
+from sdpose.core.paths import INT8_NAME
 from sdpose.deploy import registry
-from sdpose.deploy.quantize import (
-    INT8_NAME,
+from sdpose.deploy.runtimes import open_session
+from sdpose.evaluation.valset import val_batches
+from sdpose.export import stage as export
+from sdpose.export.onnx import export_onnx
+from sdpose.export.quantize import (
     calibration_images,
     overlapping_strided,
     quantize_student,
 )
-from sdpose.deploy.runtimes import open_session
-from sdpose.evaluation.stage import val_batches
-from sdpose.export import stage as export
-from sdpose.export.onnx import export_onnx
 from sdpose.models import build_model
 from sdpose.models.checkpoint import save_checkpoint
 

@@ -15,11 +15,12 @@ from shared import SHARED
 
 from sdpose.config import Params
 from sdpose.core.codecs import codec_for_model
+from sdpose.core.presets import resolve_model_config
 from sdpose.deploy import registry
-from sdpose.deploy.int8_gate import Int8Candidate
+from sdpose.export.int8_gate import int8_verdict
 from sdpose.export.onnx import export_onnx, output_name
+from sdpose.mlflow_store import tracking_uri
 from sdpose.models import build_model
-from sdpose.models.presets import resolve_model_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -91,7 +92,7 @@ def test_champion_loads_by_alias_through_mlflow(students, tmp_path, monkeypatch)
     assert digest(ours) == digest(students[1])
     # MLflow's own resolution of the URI finds the same file (it reads the registry URI
     # from the environment, whatever registry_uri says).
-    uri = registry.tracking_uri(Params(), workdir)
+    uri = tracking_uri(Params(), workdir)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     folder = mlflow.artifacts.download_artifacts(
@@ -252,7 +253,8 @@ def test_export_stage_registers_and_a_regression_never_takes_the_champion(tmp_pa
 @pytest.fixture(scope="module")
 def int8_student(students, tmp_path_factory) -> Path:
     """A real int8 (QDQ) form of the first student, calibrated on random inputs."""
-    from sdpose.deploy.quantize import INT8_NAME, quantize_student
+    from sdpose.core.paths import INT8_NAME
+    from sdpose.export.quantize import quantize_student
 
     config = resolve_model_config("sdpose-nano")
     rng = np.random.default_rng(0)
@@ -266,8 +268,12 @@ def test_the_int8_file_is_registered_with_its_version_only_within_the_ap_drop(
     students, int8_student, tmp_path
 ):
     # 0.4000 against fp32 0.4200: 0.02 down, over the default 0.005 and within 0.05.
-    candidate = Int8Candidate(int8_student, ap=0.40, fp32_ap=0.42, heatmap_gap=0.03)
-    refused = register(tmp_path, students[0], 0.42, int8=candidate)
+    refused = register(
+        tmp_path,
+        students[0],
+        0.42,
+        int8=int8_verdict(Params(), int8_student, fp32_ap=0.42, int8_ap=0.40, heatmap_gap=0.03),
+    )
     assert not refused["int8"]["registered"]
     assert refused["int8"]["reason"] == (
         "not registered: int8 AP 0.4000 is 0.0200 below fp32 0.4200, 0.0150 more than "
@@ -280,7 +286,13 @@ def test_the_int8_file_is_registered_with_its_version_only_within_the_ap_drop(
     )  # the fp32 student is registered all the same
 
     loose = Params.model_validate({"export": {"int8_max_ap_drop": 0.05}})
-    passed = register(tmp_path, students[0], 0.42, params=loose, int8=candidate)
+    passed = register(
+        tmp_path,
+        students[0],
+        0.42,
+        params=loose,
+        int8=int8_verdict(loose, int8_student, fp32_ap=0.42, int8_ap=0.40, heatmap_gap=0.03),
+    )
     assert passed["int8"]["registered"] and passed["version"] == refused["version"] + 1
     uri = f"models:/sdpose-student/{passed['version']}"
     fetched = registry.load_onnx(loose, tmp_path, uri, form="int8")

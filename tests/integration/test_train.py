@@ -14,10 +14,10 @@ import math
 import pytest
 import torch
 
-from sdpose.core.codecs import codec_for_params
+from sdpose.core.codecs import codec_for_labels
 from sdpose.models.checkpoint import load_checkpoint
-from sdpose.training import run
 from sdpose.training.history import read_history_csv
+from sdpose.training.stage import run
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +110,9 @@ def test_validation_scores_the_feeds_own_targets_ap_one(train_workdir, tiny_para
     with ray_session(params.ray):
         for batch in feed.val_dataset(params, train_workdir).iter_torch_batches(batch_size=8):
             network.predictions = batch["target"]
-            codec = codec_for_params(params)  # the model's own sizes: 128x96 -> 32x24
+            codec = codec_for_labels(
+                params.model.resolve(), params.train
+            )  # the model's own sizes: 128x96 -> 32x24
             predictions = predict_batches(network, [batch], codec, params.evaluate, 1)
             found.extend(predictions["student"])
     annotations = TrainPaths.under(train_workdir, params).annotations

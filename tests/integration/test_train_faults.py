@@ -24,9 +24,9 @@ import psutil
 import pytest
 
 from sdpose.config import dump_params
-from sdpose.training import run
 from sdpose.training.history import read_history_csv
 from sdpose.training.launcher import RUN_NAME
+from sdpose.training.stage import run
 from sdpose.training.storage import RunStorage
 
 pytestmark = pytest.mark.integration

@@ -23,10 +23,9 @@ from pathlib import Path
 import pytest
 
 from sdpose.config import ConfigError, RayParams, TuneParams, dump_params
+from sdpose.core.presets import resolve_model_config
 from sdpose.models.checkpoint import load_checkpoint
 from sdpose.models.cost import model_info
-from sdpose.models.presets import resolve_model_config
-from sdpose.tuning import run
 from sdpose.tuning.results import pareto_front
 from sdpose.tuning.space import (
     InvalidTrialConfigError,
@@ -34,6 +33,7 @@ from sdpose.tuning.space import (
     search_space,
     trial_params,
 )
+from sdpose.tuning.stage import run
 
 pytestmark = pytest.mark.integration
 
@@ -169,7 +169,7 @@ def _start_search(workdir: Path) -> subprocess.Popen:
     code = textwrap.dedent(f"""
         from pathlib import Path
         from sdpose.config import load_params
-        from sdpose.tuning import run
+        from sdpose.tuning.stage import run
         workdir = Path({str(workdir)!r})
         run(load_params(workdir / "params.yaml"), workdir)
     """)

@@ -3,7 +3,7 @@ with one line on the terminal and the traceback in the command's log."""
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 
 import pytest
 
@@ -25,12 +25,8 @@ class Broken:
 
 def run_stage_failing(monkeypatch, tmp_path, error: BaseException) -> int:
     monkeypatch.chdir(tmp_path)
-    real = importlib.import_module
-    monkeypatch.setattr(
-        cli.importlib,
-        "import_module",
-        lambda name: Broken(error) if name == cli.STAGES["evaluate"][0] else real(name),
-    )
+    broken = dataclasses.replace(cli.STAGES["evaluate"], entry=lambda: Broken(error).run)
+    monkeypatch.setitem(cli.STAGES, "evaluate", broken)
     return cli.main(["evaluate"])
 
 

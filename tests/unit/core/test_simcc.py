@@ -15,8 +15,8 @@ from sdpose.core.codecs import (
     simcc_sigma,
 )
 from sdpose.core.keypoints import FLIP_INDEX, NUM_KEYPOINTS
+from sdpose.core.presets import resolve_model_config
 from sdpose.core.simcc import SimCCCodec
-from sdpose.models.presets import resolve_model_config
 
 pytestmark = pytest.mark.unit
 

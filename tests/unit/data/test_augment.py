@@ -23,7 +23,7 @@ from sdpose.core.geometry import apply_affine
 from sdpose.core.keypoints import FLIP_INDEX, FLIP_PAIRS
 from sdpose.data import augment, crop_rows, crops, feed
 from sdpose.data.manifest import SCHEMA
-from sdpose.models.presets import resolve_model_config as build_model_config
+from sdpose.core.presets import resolve_model_config as build_model_config
 
 pytestmark = pytest.mark.unit
 

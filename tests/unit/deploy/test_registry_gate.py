@@ -71,7 +71,7 @@ def test_registry_list_shows_why_a_version_is_not_champion(monkeypatch, capsys, 
             "not_champion": "below registry.min_ap 0.05",
         },
     ]
-    monkeypatch.setattr(registry, "list_versions", lambda params, workdir: rows)
+    monkeypatch.setattr(cli, "list_versions", lambda params, workdir: rows)
     monkeypatch.chdir(tmp_path)  # no ./params.yaml: the defaults (an explicit one must exist)
     args = argparse.Namespace(command="registry", params=None, overrides=[], json=False)
     assert cli._registry_list(args) == 0

@@ -14,8 +14,6 @@ from shared import REPO
 
 from sdpose.config import ConfigError, Params, load_params
 from sdpose.deploy import runtimes
-from sdpose.deploy.int8_gate import int8_refusal
-from sdpose.deploy.latency import choose_runtime, fastest
 from sdpose.deploy.predict import onnx_runner
 from sdpose.deploy.runtimes import (
     Runtime,
@@ -25,6 +23,8 @@ from sdpose.deploy.runtimes import (
     require,
     resolve_runtime,
 )
+from sdpose.export.int8_gate import int8_refusal
+from sdpose.export.latency import choose_runtime, fastest
 from sdpose.export.onnx import export_onnx
 from sdpose.models import build_model
 

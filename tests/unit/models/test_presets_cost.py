@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from sdpose.models.cost import model_info, model_info_table
-from sdpose.models.presets import PRESETS, ModelConfig, resolve_model_config
+from sdpose.core.presets import PRESETS, ModelConfig, resolve_model_config
 
 pytestmark = pytest.mark.unit
 
@@ -162,7 +162,7 @@ def test_official_heatmap_head_rule():
 
 
 def test_presets_module_does_not_import_torch():
-    code = "import sys, sdpose.models.presets; print('torch' in sys.modules)"
+    code = "import sys, sdpose.core.presets; print('torch' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )

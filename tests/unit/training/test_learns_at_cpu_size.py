@@ -17,7 +17,7 @@ import torch
 from shared import COCO_SAMPLE
 
 from sdpose.config import CropsParams, Params
-from sdpose.core.codecs import codec_for_params
+from sdpose.core.codecs import codec_for_labels
 from sdpose.data import crop_rows, feed
 from sdpose.data.manifest import SCHEMA
 from sdpose.data.prepare import prepare_split
@@ -50,7 +50,7 @@ def test_default_model_gets_well_under_the_flat_prediction_loss():
     torch.manual_seed(0)
     torch.set_num_threads(1)
     params = Params.model_validate({"train": {"lr": 2e-3, "warmup_iters": 5, "augment": MILD}})
-    codec = codec_for_params(params)
+    codec = codec_for_labels(params.model.resolve(), params.train)
     assert codec.input_size == (128, 96)
     pose_loss = pose_loss_for(params.model.resolve(), params.train)
     table = coco_crops(params)

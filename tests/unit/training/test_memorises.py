@@ -17,7 +17,7 @@ import torch
 from shared import REPO
 
 from sdpose.config import CropsParams, Params, load_params
-from sdpose.core.codecs import codec_for_params
+from sdpose.core.codecs import codec_for_labels
 from sdpose.data import crop_rows, feed, synth
 from sdpose.data.manifest import SCHEMA
 from sdpose.data.prepare import prepare_split
@@ -64,7 +64,7 @@ def memorisation_errors(folder, overrides: dict, steps: int) -> np.ndarray:
     # from scratch, at the official learning rate (params.yaml's is a fine-tuning one)
     settings = {"train.init": "scratch", "train.lr": 1e-3, "train.warmup_iters": 20, **overrides}
     params = load_params(REPO / "params.yaml", settings)
-    codec = codec_for_params(params)
+    codec = codec_for_labels(params.model.resolve(), params.train)
     model = build_model(params.model.resolve()).train()
     batch = feed.val_batch(fixed_crops(params, folder), codec)  # the crops, unaugmented
     optimizer = torch.optim.Adam(model.parameters(), lr=params.train.lr)

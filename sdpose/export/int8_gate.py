@@ -1,30 +1,19 @@
 """The int8 gate: an export's int8 file ships only as accurate as its fp32 file, nearly.
 
-It may be registered with its version only if its ONNX AP is within
+The export decides (`int8_verdict`) and the registry stores the verdict as given. The
+file may be registered with its version only if its ONNX AP is within
 `export.int8_max_ap_drop` of the fp32 file's on the same val set and its heatmaps are within
 `export.int8_rtol` of PyTorch's peak; a refusal says by how much it missed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sdpose.config import Params
+from sdpose.deploy.registry import Int8Verdict
 
 FLOAT_SLACK = 1e-9  # far below an AP's resolution (one instance in a million)
-
-
-@dataclass(frozen=True)
-class Int8Candidate:
-    """The int8 file of an export and what the gate reads: both ONNX APs on the same val
-    set, and the worst heatmap gap to PyTorch over the runtimes (a share of the peak)."""
-
-    path: Path
-    ap: float
-    fp32_ap: float
-    heatmap_gap: float
 
 
 def int8_refusal(params: Params, fp32_ap: float, int8_ap: float, heatmap_gap: float) -> str | None:
@@ -48,17 +37,18 @@ def int8_refusal(params: Params, fp32_ap: float, int8_ap: float, heatmap_gap: fl
     return "; ".join(reasons) or None
 
 
-def int8_outcome(params: Params, int8: Int8Candidate | None) -> dict[str, Any]:
-    """{registered, reason} of an export's int8 file."""
-    if int8 is None:
-        return {"registered": False, "reason": "no int8 form was built"}
-    refusal = int8_refusal(params, int8.fp32_ap, int8.ap, int8.heatmap_gap)
+def int8_verdict(
+    params: Params, path: Path, fp32_ap: float, int8_ap: float, heatmap_gap: float
+) -> Int8Verdict:
+    """The export's decision on its int8 file, handed to the registry, which stores it.
+
+    `heatmap_gap`: the worst gap to PyTorch over the runtimes, a share of the peak.
+    """
+    refusal = int8_refusal(params, fp32_ap, int8_ap, heatmap_gap)
     if refusal:
-        return {"registered": False, "reason": f"not registered: {refusal}"}
-    return {
-        "registered": True,
-        "reason": (
-            f"registered (AP {int8.ap:.4f}, {int8.fp32_ap - int8.ap:.4f} below fp32 "
-            f"{int8.fp32_ap:.4f}; export.int8_max_ap_drop {params.export.int8_max_ap_drop:g})"
-        ),
-    }
+        return Int8Verdict(False, f"not registered: {refusal}", path, int8_ap)
+    reason = (
+        f"registered (AP {int8_ap:.4f}, {fp32_ap - int8_ap:.4f} below fp32 {fp32_ap:.4f}; "
+        f"export.int8_max_ap_drop {params.export.int8_max_ap_drop:g})"
+    )
+    return Int8Verdict(True, reason, path, int8_ap)

@@ -38,20 +38,17 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pyarrow.parquet as pq
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from sdpose.core.codecs import Codec
-from sdpose.core.paths import INT8_NAME
+from sdpose.data.feed import crop_shards, val_batch
 
 QUANTIZED_OPS = ("Conv", "MatMul")  # everywhere
 STEM_OPS = ("Add", "Relu")  # only on rank-4 tensors: the CNN stem's residual blocks
 CALIBRATION_BATCH = 32
 CALIBRATION_SPLIT = "train"
-
-
-def int8_path(fp32_path: Path) -> Path:
-    """Where the int8 form of an exported file lives: beside it."""
-    return Path(fp32_path).with_name(INT8_NAME)
 
 
 def calibration_images(workdir: Path, codec: Codec, samples: int) -> Iterator[np.ndarray]:
@@ -60,8 +57,6 @@ def calibration_images(workdir: Path, codec: Codec, samples: int) -> Iterator[np
     The first shards' first rows: crops are written in manifest order, which is already
     shuffled across images, and a calibration only needs a few hundred typical inputs.
     """
-    from sdpose.data.feed import crop_shards, val_batch
-
     taken = 0
     for shard in crop_shards(workdir, CALIBRATION_SPLIT):
         table = pq.read_table(shard)
@@ -75,7 +70,6 @@ def calibration_images(workdir: Path, codec: Codec, samples: int) -> Iterator[np
 
 def _reader(batches: Iterable[np.ndarray], input_name: str):  # -> CalibrationDataReader
     """onnxruntime's calibration reader over batches of images; counts what it gave."""
-    from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -100,7 +94,6 @@ def quantize_student(
     Returns {path, calibration_samples, quantized_nodes, nodes}; ValueError without any
     calibration batch (a range from no data would be garbage).
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     batches = iter(batches)
     first = next(batches, None)
@@ -140,7 +133,6 @@ def fold_constants(path: Path, out_path: Path) -> Path:
     onnxruntime's basic level only: constant folding and redundant-node removal, standard
     operators kept, so the quantized file still loads on any runtime.
     """
-    import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC

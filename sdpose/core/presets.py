@@ -14,8 +14,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from sdpose.core.inputs import BOX_ASPECT
-
 BACKBONES = ("stem", "hrnet_w32", "none")
 POS_EMBEDDINGS = ("sine-full", "sine")
 HEADS = ("heatmap", "simcc")  # sdpose.models.heads builds them
@@ -167,7 +165,9 @@ def _first_problem(config: ModelConfig) -> str | None:
         return f"dim: {config.dim} must be divisible by 4 (sine position embedding)"
     for field in ("input_size", "heatmap_size"):
         size = getattr(config, field)
-        if len(size) != 2 or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in size):
+        if len(size) != 2 or any(
+            not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in size
+        ):
             return f"{field}: {list(size)} must be [height, width], two positive integers"
     if config.backbone != "none" and any(size % 4 for size in config.input_size):
         return f"input_size: {list(config.input_size)} must be divisible by 4 (the CNN stride)"

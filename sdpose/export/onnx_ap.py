@@ -11,7 +11,7 @@ from pathlib import Path
 from sdpose.config import Params
 from sdpose.core.codecs import Codec
 from sdpose.deploy.predict import onnx_runner
-from sdpose.evaluation.stage import evaluate_cycles, val_set
+from sdpose.evaluation.valset import evaluate_cycles, val_set
 
 
 def onnx_student_ap(
