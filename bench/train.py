@@ -39,7 +39,8 @@ import torch
 from sdpose.config import Params, load_params
 from sdpose.console import stage_console
 from sdpose.core.codecs import Codec, codec_for_labels
-from sdpose.training.loop import build_trainee, distillation_loss, train_epoch, validate_epoch
+from sdpose.training.loop import distillation_loss, train_epoch, validate_epoch
+from sdpose.training.trainee import build_trainee
 
 REPO = Path(__file__).resolve().parents[1]
 CORES = os.cpu_count() or 2

@@ -22,12 +22,17 @@ def module_file(name: str) -> Path | None:
     return None
 
 
-def imported_names(path: Path, roots: tuple[str, ...] = ("sdpose",)) -> set[str]:
-    """Every module name under `roots` that `path` imports (`from m import x`: m and m.x)."""
+def imported_names(
+    path: Path, roots: tuple[str, ...] = ("sdpose",), annotations: bool = False
+) -> set[str]:
+    """Every module name under `roots` that `path` imports (`from m import x`: m and m.x),
+    at module level or inside functions; `annotations`: those under `if TYPE_CHECKING:` too
+    (they run for no stage, but a layer that names a type above it still reaches up)."""
     parts = list(path.relative_to(REPO).with_suffix("").parts)
     package = parts[:-1]  # a module's package; for __init__.py the package itself
     names: set[str] = set()
-    for node in _runtime_nodes(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree) if annotations else _runtime_nodes(tree):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -39,6 +44,18 @@ def imported_names(path: Path, roots: tuple[str, ...] = ("sdpose",)) -> set[str]
             names.add(module)
             names |= {f"{module}.{alias.name}" for alias in node.names}
     return {name for name in names if name.split(".")[0] in roots}
+
+
+def function_local_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, source line) of every import inside a function of `path`."""
+    lines = path.read_text().splitlines()
+    found = []
+    for function in ast.walk(ast.parse("\n".join(lines))):
+        if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            for node in ast.walk(function):
+                if isinstance(node, ast.Import | ast.ImportFrom):
+                    found.append((node.lineno, lines[node.lineno - 1]))
+    return sorted(set(found))
 
 
 def _runtime_nodes(tree: ast.AST):  # -> Iterator[ast.AST]

@@ -13,7 +13,7 @@ import dataclasses
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray.train
 import torch
@@ -22,9 +22,7 @@ from sdpose.config import Params
 from sdpose.core.errors import InputError
 from sdpose.models import build_model
 from sdpose.models.checkpoint import save_checkpoint, unwrap
-
-if TYPE_CHECKING:
-    from sdpose.training.loop import Trainee
+from sdpose.training.trainee import Trainee
 
 STATE_FILE = "state.pt"  # everything a restart needs
 BEST_FILE = "best.pt"  # the best student so far (model weights only)

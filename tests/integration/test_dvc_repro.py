@@ -111,7 +111,7 @@ def test_plots_show_needs_no_network(reproduced: tuple[Path, str], tmp_path: Pat
 
 
 @pytest.mark.parametrize(
-    "module", ["sdpose/evaluation/visualize.py", "sdpose/data/feed.py", "sdpose/models/presets.py"]
+    "module", ["sdpose/evaluation/visualize.py", "sdpose/data/feed.py", "sdpose/core/presets.py"]
 )
 def test_touching_a_module_stales_exactly_the_stages_that_import_it(
     reproduced: tuple[Path, str], module: str

@@ -12,7 +12,7 @@ import pytest
 import torch
 from shared import REPO
 
-from sdpose.config import ConfigError, Params, load_params
+from sdpose.config import Params
 from sdpose.deploy import runtimes
 from sdpose.deploy.predict import onnx_runner
 from sdpose.deploy.runtimes import (
@@ -23,8 +23,6 @@ from sdpose.deploy.runtimes import (
     require,
     resolve_runtime,
 )
-from sdpose.export.int8_gate import int8_refusal
-from sdpose.export.latency import choose_runtime, fastest
 from sdpose.export.onnx import export_onnx
 from sdpose.models import build_model
 
@@ -133,47 +131,6 @@ def test_predict_runs_on_the_runtime_it_is_given(student, tmp_path, runtime):
     summary = predict([IMAGE], None, path, tmp_path / "out", Params(), tmp_path, runtime)
     assert summary["runtime"] == runtime
     assert len(json.loads(Path(summary["results"]).read_text())) == 1
-
-
-def test_auto_picks_the_faster_runtime_and_a_named_one_wins_even_if_slower():
-    measured = {
-        "onnxruntime": {"batch1": 2.0, "batch8": 10.0},
-        "openvino": {"batch1": 2.5, "batch8": 8.0},
-    }
-    assert fastest(measured) == "openvino"  # 10.5 ms against 12.0 ms
-    assert choose_runtime("auto", measured) == "openvino"
-    assert choose_runtime("onnxruntime", measured) == "onnxruntime"
-
-
-def test_export_params_are_validated_and_params_yaml_states_the_defaults(tmp_path):
-    export = load_params(REPO / "params.yaml").export
-    assert (export.runtime, export.int8_max_ap_drop, export.int8_rtol) == ("auto", 0.005, 0.1)
-    assert export.calibration_samples == Params().export.calibration_samples == 256
-    for bad, key in (
-        ("export.runtime=tensorrt", r"export\.runtime"),
-        ("export.int8_max_ap_drop=1.5", r"export\.int8_max_ap_drop"),
-        ("export.int8_rtol=0", r"export\.int8_rtol"),
-        ("export.calibration_samples=0", r"export\.calibration_samples"),
-    ):
-        with pytest.raises(ConfigError, match=key):
-            load_params(tmp_path / "absent.yaml", [bad])
-
-
-def test_int8_gate_says_by_how_much_a_file_missed():
-    strict = Params()  # int8_max_ap_drop 0.005, int8_rtol 0.1
-    assert int8_refusal(strict, 0.420, 0.416, 0.03) is None  # 0.004 below: within
-    assert int8_refusal(strict, 0.420, 0.415, 0.1) is None  # exactly at both limits
-    reason = int8_refusal(strict, 0.420, 0.400, 0.03)
-    assert reason == (
-        "int8 AP 0.4000 is 0.0200 below fp32 0.4200, 0.0150 more than export.int8_max_ap_drop 0.005"
-    )
-    reason = int8_refusal(strict, 0.420, 0.420, 0.25)
-    assert reason == (
-        "int8 outputs differ from PyTorch's by 0.25 of their peak, 0.15 more than "
-        "export.int8_rtol 0.1"
-    )
-    loose = Params.model_validate({"export": {"int8_max_ap_drop": 0.05}})
-    assert int8_refusal(loose, 0.420, 0.400, 0.03) is None
 
 
 def test_int8_flag_takes_the_file_beside_the_model_or_says_it_is_missing(student, tmp_path):

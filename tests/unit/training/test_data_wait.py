@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from sdpose.config import Params
-from sdpose.training.loop import build_trainee, distillation_loss, train_epoch
+from sdpose.training.loop import distillation_loss, train_epoch
+from sdpose.training.trainee import build_trainee
 
 pytestmark = pytest.mark.unit
 

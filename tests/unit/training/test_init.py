@@ -14,7 +14,7 @@ from sdpose.models.checkpoint import save_checkpoint
 from sdpose.models.pretrained import add_to_index, shipped
 from sdpose.training import init as init_module
 from sdpose.training.init import InitError, resolve_init
-from sdpose.training.loop import build_trainee
+from sdpose.training.trainee import build_trainee
 
 pytestmark = pytest.mark.unit
 

@@ -22,9 +22,10 @@ from sdpose.data import crop_rows, feed
 from sdpose.data.manifest import SCHEMA
 from sdpose.data.prepare import prepare_split
 from sdpose.models import build_model
-from sdpose.training.loop import Trainee, train_epoch
+from sdpose.training.loop import train_epoch
 from sdpose.training.losses import DistillationLoss, pose_loss_for
 from sdpose.training.schedule import WarmupStepSchedule
+from sdpose.training.trainee import Trainee
 
 pytestmark = pytest.mark.unit
 

@@ -23,8 +23,9 @@ from sdpose.data.manifest import SCHEMA
 from sdpose.data.prepare import prepare_split
 from sdpose.evaluation import inference
 from sdpose.models import build_model
-from sdpose.training.loop import Trainee, distillation_loss, train_epoch
+from sdpose.training.loop import distillation_loss, train_epoch
 from sdpose.training.schedule import WarmupStepSchedule
+from sdpose.training.trainee import Trainee
 
 pytestmark = pytest.mark.unit
 
