@@ -1,6 +1,6 @@
 """COCO AP of a model on any COCO-format annotation file, in this process.
 
-The pipeline's evaluation reads the val crops a run cut (`sdpose.evaluation.stage`); a model
+The pipeline's evaluation reads the val crops a run cut (`sdpose.evaluation.valset`); a model
 card also needs AP on sets no run prepared: a synthetic val set drawn with another seed, the
 real COCO sample. This module takes such a set from its annotation file and images through
 the same steps in one process (prepare's validation, the crop contract, the val feed's warp,
