@@ -11,7 +11,10 @@ import json
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Literal, NamedTuple
 
+from pipelines.local import configure_local_prefect
+from pipelines.serve import serve
 from sdpose.cli import params_from_args
 from sdpose.config import Params, load_params, parse_override
 from sdpose.core.paths import (
@@ -71,7 +74,7 @@ def add_pretrained_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _ship_pretrained(args: argparse.Namespace) -> int:
-    from pipelines.pretrained import plot_curves, ship
+    from pipelines.pretrained import plot_curves, ship  # lazy: torch, evaluation: 1.3 s
 
     card = ship(
         args.name, args.workdir, heldout_seed=args.heldout_seed,
@@ -85,7 +88,7 @@ def _ship_pretrained(args: argparse.Namespace) -> int:
 
 
 def _list_pretrained(args: argparse.Namespace) -> int:
-    from pipelines.pretrained import list_lines
+    from pipelines.pretrained import list_lines  # lazy: torch, evaluation: 1.3 s
 
     print("\n".join(list_lines()) or "no pretrained weights are shipped")
     return 0
@@ -93,8 +96,9 @@ def _list_pretrained(args: argparse.Namespace) -> int:
 
 def run_pipeline(args: argparse.Namespace) -> int:
     """The whole flow in this process (ephemeral Prefect), then where to look."""
+    # lazy: Prefect reads its settings when imported, so after configure_local_prefect;
+    # and Prefect costs every other command 2.2 s at start-up
     from pipelines.flow import sdpose_flow
-    from pipelines.local import configure_local_prefect
 
     workdir = Path.cwd()
     params_from_args(args)  # fail before Prefect starts on a bad value
@@ -118,8 +122,6 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
 
 def serve_deployment(args: argparse.Namespace) -> int:
-    from pipelines.serve import serve
-
     serve(Path.cwd())
     return 0
 
@@ -139,6 +141,39 @@ def started_from(workdir: Path) -> str | None:
     )
 
 
+class Look(NamedTuple):
+    """One thing to look at after a run: a file of the workspace (`where` relative to it), a
+    command to run, or a note; `what` says what it shows."""
+
+    where: str
+    what: str
+    kind: Literal["file", "command", "note"] = "file"
+
+
+# A workspace run's outputs worth opening, in the order a user reads them.
+RUN_OUTPUTS: tuple[tuple[Path, str], ...] = (
+    (TRAIN_METRICS, "training summary (student and teacher AP)"),
+    (TUNE_METRICS, "every trial of the search"),
+    (EVAL_METRICS, "evaluation metrics"),
+    (REPORTS_DIR / "eval.md", "evaluation report with plots"),
+    (EXPORT_DIR / ONNX_NAME, "the exported one-cycle student"),
+    (EXPORT_DIR / CARD_NAME, "its model card"),
+)
+
+
+def where_to_look(workdir: Path, params: Params) -> list[Look]:
+    """What a workspace run left to look at: the outputs it made, the registered model,
+    MLflow's UI and the stage logs. The one list: `sdpose pipeline` prints it and the flow's
+    summary artifact shows it."""
+    looks = [Look(path.as_posix(), what) for path, what in RUN_OUTPUTS if (workdir / path).exists()]
+    if registered := registered_line(params, workdir):
+        looks.append(Look(registered.removeprefix("- "), "", "note"))
+    uri = params.registry.tracking_uri
+    looks.append(Look(f"mlflow ui --backend-store-uri {uri}", "runs and registry", "command"))
+    looks.append(Look("logs/<stage>.log", "every stage's full output"))
+    return looks
+
+
 def print_where_to_look(workdir: Path, params: Params) -> None:
     """What the run made and how to open it: the first thing a user needs after `make run`."""
     eval_path = workdir / EVAL_METRICS
@@ -149,21 +184,13 @@ def print_where_to_look(workdir: Path, params: Params) -> None:
         if start:
             print(start)
     print("\nWhere to look:")
-    for path, what in (
-        (TRAIN_METRICS, "training summary (student and teacher AP)"),
-        (TUNE_METRICS, "every trial of the search"),
-        (EVAL_METRICS, "evaluation metrics"),
-        (REPORTS_DIR / "eval.md", "evaluation report with plots"),
-        (EXPORT_DIR / ONNX_NAME, "the exported one-cycle student"),
-        (EXPORT_DIR / CARD_NAME, "its model card"),
-    ):
-        if (workdir / path).exists():
-            print(f"  {path.as_posix():<36} {what}")
-    registered = registered_line(params, workdir)
-    if registered:
-        print(f"  {registered.removeprefix('- ')}")
-    print(f"  mlflow ui --backend-store-uri {params.registry.tracking_uri}   # runs and registry")
-    print("  logs/<stage>.log                     every stage's full output")
+    for look in where_to_look(workdir, params):
+        if look.kind == "file":
+            print(f"  {look.where:<36} {look.what}")
+        elif look.kind == "command":
+            print(f"  {look.where}   # {look.what}")
+        else:
+            print(f"  {look.where}")
     print(
         "  Ray dashboard: the run's Ray served it while the run lasted (the URL is printed "
         "above); for one that stays, `ray start --head` and run with ray.address=auto"

@@ -19,19 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from dvc.repo import Repo
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
+from pipelines.commands import where_to_look
 from pipelines.experiment import experiment_json, experiment_name, run_experiment, set_param_args
 from sdpose.config import Params, load_params
 from sdpose.console import LOG_DIR_ENV
-from sdpose.core.paths import (
-    EVAL_METRICS,
-    REPORTS_DIR,
-    TRAIN_METRICS,
-    TUNE_METRICS,
-)
+from sdpose.core.paths import EVAL_METRICS
 from sdpose.core.workspace import hold_workspace
 from sdpose.deploy.registry import registered_line
 from sdpose.ray_runtime import run_ray
@@ -47,8 +44,6 @@ def pipeline_stages(workdir: Path) -> list[str]:
 @task(task_run_name="stage-{stage}")
 def run_stage(stage: str, workdir: str) -> dict[str, Any]:
     """Reproduce one DVC stage if it is out of date; report whether it ran."""
-    from dvc.repo import Repo
-
     logger = get_run_logger()
     # the stage command prints its own start and result lines; DVC's "Running stage" and
     # git hints would repeat them (dvc.lock is staged by core.autostage in .dvc/config)
@@ -93,14 +88,16 @@ def evaluation_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _summary_lines(params: Params, workdir: Path) -> list[str]:
+    """The flow run's summary: the workspace, then `where_to_look` as markdown."""
     lines = ["# sdpose pipeline", ""]
-    if registered := registered_line(params, workdir):
-        lines.append(registered)
     lines.append(f"- outputs and params: the workspace `{workdir}` (dvc.lock records the run)")
-    for name in (REPORTS_DIR / "eval.md", TRAIN_METRICS, TUNE_METRICS):
-        if (workdir / name).exists():
-            lines.append(f"- `{(workdir / name).resolve()}`")
-    lines.append(f"- every stage's full output: `{workdir / 'logs'}/<stage>.log`")
+    for look in where_to_look(workdir, params):
+        if look.kind == "file":
+            lines.append(f"- `{(workdir / look.where).resolve()}`: {look.what}")
+        elif look.kind == "command":
+            lines.append(f"- `{look.where}`: {look.what}")
+        else:
+            lines.append(f"- {look.where}")
     return lines
 
 

@@ -14,7 +14,7 @@ DEPLOYMENT_NAME = "full-pipeline"
 
 def serve(workdir: Path) -> None:
     """Register the deployment with the Prefect API and run its flow runs until stopped."""
-    from pipelines.flow import sdpose_flow
+    from pipelines.flow import sdpose_flow  # lazy: Prefect costs 1.2 s; every command imports this
 
     sdpose_flow.serve(
         name=DEPLOYMENT_NAME,

@@ -30,15 +30,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from sdpose.core.geometry import CropGeometry
-from sdpose.core.geometry import apply_affine
 from sdpose.config import AugmentParams
-from sdpose.core.keypoints import FLIP_INDEX, LOWER_BODY_IDS, UPPER_BODY_IDS
+from sdpose.core.geometry import CropGeometry, apply_affine
 from sdpose.core.inputs import BOX_ASPECT
+from sdpose.core.keypoints import FLIP_INDEX, LOWER_BODY_IDS, UPPER_BODY_IDS
 
 Sample = dict[str, Any]
 Transform = Callable[[Sample, np.random.Generator], Sample]
-
 
 
 def sample_rng(seed: int, epoch: int, ann_id: int) -> np.random.Generator:
@@ -202,5 +200,3 @@ def apply_transforms(
     for transform in transforms:
         sample = transform(sample, rng)
     return sample
-
-

@@ -9,8 +9,6 @@ Two kinds of trouble, treated differently on purpose:
 
 from __future__ import annotations
 
-from sdpose.core.errors import InputError
-
 import contextlib
 import io
 import json
@@ -21,6 +19,8 @@ from typing import Any
 
 from pycocotools.coco import COCO
 
+from sdpose.core.errors import InputError
+from sdpose.core.inputs import BoxError, checked_box, checked_score, is_number
 from sdpose.core.keypoints import NUM_KEYPOINTS, PERSON_CATEGORY
 
 KEYPOINT_VALUES = 3 * NUM_KEYPOINTS  # 51: x, y, v per keypoint
@@ -197,7 +197,7 @@ def _check_keypoints(keypoints: Any, ann_id: int, where: str) -> Issue | None:
             ann_id,
             f"{where}: 'keypoints' has {size} values, expected {KEYPOINT_VALUES} (17 x, y, v)",
         )
-    if not all(_is_number(value) for value in keypoints):
+    if not all(is_number(value) for value in keypoints):
         return Issue("bad_keypoints", ann_id, f"{where}: 'keypoints' holds a non-number")
     if not all(math.isfinite(value) for value in keypoints):
         return Issue("non_finite", ann_id, f"{where}: 'keypoints' holds NaN or infinity")
@@ -207,15 +207,18 @@ def _check_keypoints(keypoints: Any, ann_id: int, where: str) -> Issue | None:
 
 
 def _check_box(bbox: Any, ann_id: int, where: str) -> Issue | None:
-    if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(_is_number, bbox)):
-        return Issue("bad_box", ann_id, f"{where}: 'bbox' must be 4 numbers x, y, w, h: {bbox!r}")
-    if not all(math.isfinite(value) for value in bbox):
-        return Issue("non_finite", ann_id, f"{where}: 'bbox' holds NaN or infinity: {bbox}")
-    if bbox[2] <= 0 or bbox[3] <= 0:
-        return Issue(
-            "bad_box", ann_id, f"{where}: 'bbox' width and height must be positive: {bbox}"
-        )
+    try:
+        checked_box(bbox)
+    except BoxError as error:
+        return _box_issue(error, ann_id, where)
     return None
+
+
+def _box_issue(error: BoxError, record: int, where: str) -> Issue:
+    """A box or score fault as a finding: NaN, infinity or a score that is no number is
+    `non_finite`, any other box fault `bad_box`."""
+    non_finite = error.reason == "non_finite" or error.field == "score"
+    return Issue("non_finite" if non_finite else "bad_box", record, f"{where}: {error}")
 
 
 def labelled_count(keypoints: list[float]) -> int:
@@ -276,11 +279,11 @@ def check_detection(
         )
     if det.get("category_id", person_id) != person_id:
         return Issue("not_person", index, f"{where}: category_id {det.get('category_id')!r}")
-    if not _is_number(det["score"]) or not math.isfinite(det["score"]):
-        return Issue("non_finite", index, f"{where}: score {det['score']!r} is not a number")
-    issue = _check_box(det["bbox"], index, where)
-    if issue:
-        return issue
+    try:
+        checked_score(det["score"])
+        checked_box(det["bbox"])
+    except BoxError as error:
+        return _box_issue(error, index, where)
     if det["score"] < score_thr:
         return Issue("below_score_thr", index, f"{where}: score {det['score']:.3f} < {score_thr}")
     return None
@@ -288,7 +291,3 @@ def check_detection(
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -10,8 +10,6 @@ writes these rows (`crop_rows`), the feed and the int8 calibration read them
 
 from __future__ import annotations
 
-from sdpose.core.errors import InputError
-
 import math
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from sdpose.config import CropsParams
-
+from sdpose.core.images import ImageError, read_image
 
 # A stored crop keeps the original resolution unless the box is taller than twice the
 # network input's height (`max_box_height`), so even the smallest train-time scale (0.65)
@@ -34,6 +32,7 @@ MAX_BOX_HEIGHT = 512.0  # for the paper's 256x192 input
 def max_box_height(input_size: tuple[int, int]) -> float:
     """The tallest box stored at full resolution, for a model input (h, w)."""
     return float(INPUT_HEIGHTS_PER_BOX * input_size[0])
+
 
 MANIFEST_COLUMNS = ["image_id", "ann_id", "file_name", "width", "height", "center", "scale",
                     "keypoints", "num_keypoints", "area", "score"]  # fmt: skip
@@ -144,7 +143,7 @@ def crop_rows(
         first = people[members[0]]
         path = image_root / first["file_name"]
         try:
-            image = read_image(path, first["width"], first["height"])
+            image = read_sized_image(path, first["width"], first["height"])
         except ImageError as error:
             skipped += [_skip_record(people[i], path, error) for i in members]
             continue
@@ -162,23 +161,9 @@ def crop_rows(
     return pa.Table.from_pylist(out, schema=CROP_SCHEMA), skipped
 
 
-class ImageError(InputError):
-    """An image that cannot be used; `kind` groups the reasons in the summary."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-def read_image(path: Path, width: int, height: int) -> np.ndarray:
-    """Decode an image (BGR) of the size the manifest says, or raise ImageError."""
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as error:
-        raise ImageError("unreadable", f"cannot read {path}: {error}") from None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise ImageError("undecodable", f"{path} is not a decodable image ({data.size} bytes)")
+def read_sized_image(path: Path, width: int, height: int) -> np.ndarray:
+    """The image (BGR) of the size the manifest says, or raise ImageError."""
+    image = read_image(path)
     if image.shape[:2] != (height, width):
         raise ImageError(
             "size_mismatch",

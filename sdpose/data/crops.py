@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 from ray.data import SaveMode
 from ray.data.datasource import FilenameProvider
 
@@ -48,7 +48,6 @@ from sdpose.data.crop_rows import (
 )
 from sdpose.data.manifest import META_IMAGE_ROOT, META_VERSION, SCHEMA_VERSION, ManifestError
 from sdpose.ray_runtime import ray_session
-import ray
 
 SPLITS = ("train", "val", "val_det")  # val_det only when prepare wrote detector boxes
 OPTIONAL_SPLITS = ("val_det",)
@@ -77,8 +76,12 @@ def crop_split(manifest: Path, image_root: Path, out_dir: Path, skip_dir: Path,
         _crop_block,
         batch_size=None,  # a whole block: splitting it could split an image's people
         batch_format="pyarrow",
-        fn_kwargs={"image_root": str(image_root), "params": params, "skip_dir": str(skip_dir),
-                   "max_height": max_height},  # fmt: skip
+        fn_kwargs={
+            "image_root": str(image_root),
+            "params": params,
+            "skip_dir": str(skip_dir),
+            "max_height": max_height,
+        },
     )
     ds.write_parquet(
         str(out_dir),

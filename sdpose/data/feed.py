@@ -1,7 +1,8 @@
 """The Ray Datasets that feed training and validation from the crop shards.
 
 train: read shards -> map_batches(decode crop, random shift/flip/half-body/scale/rotation,
-warp to the model's input size, normalise, encode the head's targets). The dataset is lazy, so every pass
+warp to the model's input size, normalise, encode the head's targets). The dataset is
+lazy, so every pass
 re-executes the random step: Ray Train's `get_dataset_shard("train").iter_torch_batches()`
 in each epoch gets fresh augmentation without materialising it (Ray's guidance for random
 transforms). A split small enough keeps its stored crop rows in the object store, so a pass
@@ -30,8 +31,6 @@ input size (`check_crop_resolution`).
 
 from __future__ import annotations
 
-from sdpose.core.errors import InputError, MissingInputError
-
 import json
 import math
 from pathlib import Path
@@ -41,11 +40,12 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
+from sdpose.config import AugmentParams, Params
 from sdpose.core.codecs import Codec, codec_for_labels
+from sdpose.core.errors import InputError, MissingInputError
 from sdpose.core.geometry import apply_affine, invert_affine
 from sdpose.core.inputs import normalize_images
 from sdpose.core.paths import CROPS_DIR
-from sdpose.config import AugmentParams, Params
 from sdpose.data.augment import (
     AffineToInput,
     Sample,
@@ -56,7 +56,10 @@ from sdpose.data.augment import (
 from sdpose.data.crop_rows import decode_crop, fixed_list_column
 
 if TYPE_CHECKING:
-    import ray.data  # lazy: ray.data costs 1.0 s; evaluation and export read crops here without Ray
+    import ray.data
+
+# Ray is imported where it is used (`# lazy`): ray.data costs 1.0 s at import, and the
+# evaluation and export stages read val crops through this module without Ray.
 
 BATCH_ROWS = 128  # rows per block and augmentation task: per-task overhead amortised
 NUM_KEYPOINTS = 17
@@ -96,8 +99,8 @@ def check_crop_resolution(workdir: Path, codec: Codec) -> None:
     """Refuse crops cut for another input size: their stored resolution was chosen for it.
 
     `sdpose crops` stores each crop at most at twice the model's input height
-    (`sdpose.data.crop_rows.max_box_height`), so crops made for 128x96 would starve a 256x192 model of
-    detail, and crops made for 256x192 cost a 128x96 feed four times the decoding.
+    (`sdpose.data.crop_rows.max_box_height`), so crops made for 128x96 would starve a
+    256x192 model of detail, and crops made for 256x192 cost a 128x96 feed four times the decoding.
     """
     summary = crops_summary(workdir)
     made_for = summary.get("input_size")
@@ -138,8 +141,8 @@ def _train_rows(shards: list[str], seed: int) -> ray.data.Dataset:
     throughput issue's profile in docs/training.md). A larger split streams from the files,
     whose order is shuffled per pass.
     """
-    import ray  # lazy: ray.data costs 1.0 s; evaluation and export read crops here without Ray
-    from ray.data import FileShuffleConfig, RandomSeedConfig  # lazy: ray.data costs 1.0 s; evaluation and export read crops here without Ray
+    import ray  # lazy: see the note on Ray
+    from ray.data import FileShuffleConfig, RandomSeedConfig  # lazy: see the note on Ray
 
     if sum(Path(shard).stat().st_size for shard in shards) > CACHE_BYTES:
         return _in_small_blocks(ray.data.read_parquet(shards, shuffle=FileShuffleConfig(seed=seed)))
@@ -151,7 +154,7 @@ def _train_rows(shards: list[str], seed: int) -> ray.data.Dataset:
 
 def val_dataset(params: Params, workdir: Path, split: str = "val") -> ray.data.Dataset:
     """Validation samples (`val`, or `val_det` for detector boxes): warped, not augmented."""
-    import ray  # lazy: ray.data costs 1.0 s; evaluation and export read crops here without Ray
+    import ray  # lazy: see the note on Ray
 
     codec = codec_for_labels(params.model.resolve(), params.train)
     check_crop_resolution(workdir, codec)
@@ -174,7 +177,8 @@ def validation_feed(params: Params, workdir: Path, split: str = "val") -> ray.da
     fit in CACHE_BYTES is materialised; a larger one (COCO val: ~5 GB) streams.
     """
     ds = val_dataset(params, workdir, split)
-    if split_rows(workdir, split) * sample_bytes(codec_for_labels(params.model.resolve(), params.train)) <= CACHE_BYTES:
+    codec = codec_for_labels(params.model.resolve(), params.train)
+    if split_rows(workdir, split) * sample_bytes(codec) <= CACHE_BYTES:
         return ds.materialize()
     return ds
 
@@ -296,7 +300,7 @@ def _pass_index() -> int:
     Ray Data counts them in the DataContext it ships with every task (private field, also
     behind FileShuffleConfig's reseeding); 0 if a future Ray drops it.
     """
-    from ray.data import DataContext  # lazy: ray.data costs 1.0 s; evaluation and export read crops here without Ray
+    from ray.data import DataContext  # lazy: see the note on Ray
 
     return int(getattr(DataContext.get_current(), "_execution_idx", 0))
 

@@ -7,14 +7,12 @@ written by an incompatible version instead of misreading it.
 
 from __future__ import annotations
 
-from sdpose.core.errors import InputError
-
-import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sdpose.core.errors import InputError
 from sdpose.core.paths import atomic_file
 
 SCHEMA_VERSION = "1"

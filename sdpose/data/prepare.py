@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import numpy as np
 
 from sdpose import console
 from sdpose.config import Params
+from sdpose.core.inputs import center_scale
 from sdpose.core.paths import (
     PREPARED_DIR,
     remove_abandoned_staging,
@@ -43,7 +43,6 @@ from sdpose.data.coco import (
     unsafe_file_name,
 )
 from sdpose.data.manifest import SCHEMA_VERSION, write_manifest
-from sdpose.core.inputs import center_scale
 
 SPLITS = ("train", "val")
 
@@ -347,5 +346,3 @@ def _check_survivors(split: str, annotations: Path, image_root: Path, report: di
         )
         report["warnings"] = [warning]
         console.warn(f"sdpose prepare: {warning}")
-
-

@@ -4,8 +4,8 @@ Writes `data/raw/synth/images/*.jpg` and `annotations/person_keypoints_{train,va
 with COCO's schema and person category. Each image is seeded from (seed, split, index)
 alone, so the output is the same for any number of worker processes; generation runs on a
 process pool over chunks of image indices. The whole tree is built under a temporary name
-and swapped in at the end (`sdpose.core.paths.staged_directory`), so an interrupted run never leaves a
-complete-looking dataset.
+and swapped in at the end (`sdpose.core.paths.staged_directory`), so an interrupted run
+never leaves a complete-looking dataset.
 
 Labelling choices (documented because COCO's guide leaves room): v=2 visible, v=1 inside
 the image but hidden by another person, an object or the person's own trunk, v=0 at (0, 0)
@@ -30,8 +30,8 @@ import cv2
 import numpy as np
 
 from sdpose.config import Params
-from sdpose.core.paths import SYNTH_DIR, staged_directory
 from sdpose.core.keypoints import PERSON_CATEGORY
+from sdpose.core.paths import SYNTH_DIR, staged_directory
 from sdpose.data.synth_scene import render_scene
 
 SPLIT_CODES = {"train": 0, "val": 1}

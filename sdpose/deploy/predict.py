@@ -6,7 +6,9 @@ warped with the codec's affine to the model's input size (read from the ONNX fil
 DARK, image pixels, rescoring and OKS-NMS. The network is any callable from crops to its
 head's outputs (heatmaps or SimCC bins; the codec comes from the model card beside the
 file, or from the file's output shape), so the tests (a network replaced by ground-truth
-heatmaps) run this very path.
+heatmaps) run this very path. An image stays in OpenCV's BGR order from the file to the
+overlay; its crops turn into the network's ImageNet-normalised RGB in `normalize_images`,
+the one colour conversion, as in the feed.
 
 Shapes: N persons, K keypoints, C cycles, Hi x Wi input.
 """
@@ -25,7 +27,8 @@ import numpy as np
 from sdpose.config import EvaluateParams, Params
 from sdpose.core.codecs import Codec, codec_for_output, codec_from_record
 from sdpose.core.errors import InputError
-from sdpose.core.inputs import center_scale, normalize_images
+from sdpose.core.images import ImageError, read_image
+from sdpose.core.inputs import BoxError, center_scale, checked_box, checked_score, normalize_images
 from sdpose.core.paths import CARD_NAME, EXPORT_DIR, ONNX_NAME, int8_path
 from sdpose.data.coco import DataError, load_detections
 from sdpose.deploy.registry import RegistryError, load_onnx
@@ -61,17 +64,6 @@ class PersonBoxes:
 
 
 # ------------------------------------------------------------------------ inputs
-def read_image(path: Path) -> np.ndarray:
-    """An image file as RGB uint8 (H, W, 3); PredictError when it cannot be decoded."""
-    path = Path(path)
-    if not path.is_file():
-        raise PredictError(f"{path}: image file not found")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise PredictError(f"{path}: not a readable image (OpenCV cannot decode it)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 def image_id_of(path: Path, position: int) -> int:
     """COCO names images by id (000000000785.jpg -> 785); other names get their position."""
     stem = Path(path).stem
@@ -111,25 +103,21 @@ def load_person_boxes(
 
 
 def _checked_box(record: dict, where: str, image: tuple[Path, int, int]) -> tuple[list, float]:
+    """The record's box and score (sdpose.core.inputs' rules), and at least a pixel of the
+    box inside its image: a box beside the image would crop nothing but padding."""
     file, width, height = image
-    bbox, score = record["bbox"], record["score"]
-    if not isinstance(bbox, list) or len(bbox) != 4:
-        raise PredictError(f"{where}: 'bbox' must be [x, y, w, h], got {bbox!r}")
-    # numpy would read true as 1.0 and "0.9" as 0.9: a detector writes numbers.
-    for field, value in (*(("bbox", v) for v in bbox), ("score", score)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise PredictError(f"{where}: '{field}' must hold numbers, found {value!r}")
-    values = np.asarray([*bbox, score], dtype=np.float64)
-    if not np.isfinite(values).all():
-        raise PredictError(f"{where}: 'bbox' or 'score' holds NaN or infinity: {bbox!r}")
-    x, y, w, h = values[:4]
-    if w <= 0 or h <= 0:
-        raise PredictError(f"{where}: 'bbox' width and height must be positive: {bbox!r}")
+    try:
+        bbox = checked_box(record["bbox"])
+        score = checked_score(record["score"])
+    except BoxError as error:
+        raise PredictError(f"{where}: {error}") from None
+    x, y, w, h = bbox
     if x >= width or y >= height or x + w <= 0 or y + h <= 0:
         raise PredictError(
-            f"{where}: 'bbox' {bbox!r} lies outside image {file.name} ({width} x {height})"
+            f"{where}: 'bbox' {record['bbox']!r} lies outside image {file.name} "
+            f"({width} x {height})"
         )
-    return values[:4].tolist(), float(values[4])
+    return bbox, score
 
 
 def whole_image_box(width: int, height: int) -> PersonBoxes:
@@ -141,11 +129,10 @@ def whole_image_box(width: int, height: int) -> PersonBoxes:
 def crop_people(
     image: np.ndarray, center: np.ndarray, scale: np.ndarray, codec: Codec
 ) -> np.ndarray:
-    """RGB image (H, W, 3) uint8 -> normalised crops (N, 3, Hi, Wi) float32, as the feed's."""
+    """BGR image (H, W, 3) uint8 -> normalised RGB crops (N, 3, Hi, Wi) float32, as the feed's."""
     in_h, in_w = codec.input_size
-    bgr = np.ascontiguousarray(image[..., ::-1])
     warped = [
-        cv2.warpAffine(bgr, matrix, (in_w, in_h), flags=cv2.INTER_LINEAR)
+        cv2.warpAffine(image, matrix, (in_w, in_h), flags=cv2.INTER_LINEAR)
         for matrix in codec.affine_matrix(center, scale).reshape(-1, 2, 3)
     ]
     if not warped:
@@ -161,7 +148,8 @@ def predict_people(
     flip: bool = True,
     method: str = "dark",
 ) -> np.ndarray:
-    """Keypoints (C, N, K, 3) in image pixels of the boxes of one image (C = 1 for a student)."""
+    """Keypoints (C, N, K, 3) in image pixels of the boxes of one BGR image (C = 1 for a
+    student)."""
     center, scale = boxes.center_scale()
     settings = EvaluateParams(flip_test=flip, decode=method)
     parts = []
@@ -283,24 +271,24 @@ def predict_with_runner(
         raise PredictError("no images given")
     check_out_dir(out_dir)
     loaded = list(_load_images(images))
-    sizes = {image_id: (path, rgb.shape[1], rgb.shape[0]) for path, image_id, rgb in loaded}
+    sizes = {image_id: (path, bgr.shape[1], bgr.shape[0]) for path, image_id, bgr in loaded}
     detections = load_person_boxes(boxes, sizes, params.evaluate.det_score_thr) if boxes else {}
     settings = params.evaluate
     found, without_boxes = Predictions(), []
-    for path, image_id, rgb in loaded:
-        people = detections.get(image_id) if boxes else whole_image_box(rgb.shape[1], rgb.shape[0])
+    for path, image_id, bgr in loaded:
+        people = detections.get(image_id) if boxes else whole_image_box(bgr.shape[1], bgr.shape[0])
         if not people:
             without_boxes.append(str(path))
             continue
-        keypoints = predict_people(rgb, people, runner, codec, settings.flip_test, settings.decode)
+        keypoints = predict_people(bgr, people, runner, codec, settings.flip_test, settings.decode)
         _, scale = people.center_scale()
         found.add_people([image_id] * len(people), keypoints[0], people.score, scale)
     results = found.results(settings)
     out_dir = Path(out_dir)
     results_path = write_results(results, out_dir / RESULTS_NAME)
     overlays = [
-        _write_overlay(rgb, image_id, path, results, out_dir, settings.vis_thr)
-        for path, image_id, rgb in loaded
+        _write_overlay(bgr, image_id, path, results, out_dir, settings.vis_thr)
+        for path, image_id, bgr in loaded
     ]
     return {
         "results": str(results_path),
@@ -326,6 +314,7 @@ def check_out_dir(out_dir: Path) -> None:
 
 
 def _load_images(images: Sequence[Path]) -> Iterator[tuple[Path, int, np.ndarray]]:
+    """(path, image id, BGR image) of each file; images stay BGR up to `normalize_images`."""
     seen: dict[int, Path] = {}
     for position, path in enumerate(images):
         path = Path(path)
@@ -333,17 +322,21 @@ def _load_images(images: Sequence[Path]) -> Iterator[tuple[Path, int, np.ndarray
         if image_id in seen:
             raise PredictError(f"{path}: same image id {image_id} as {seen[image_id]}")
         seen[image_id] = path
-        yield path, image_id, read_image(path)
+        try:
+            image = read_image(path)
+        except ImageError as error:
+            raise PredictError(str(error)) from None
+        yield path, image_id, image
 
 
 def _write_overlay(
-    rgb: np.ndarray, image_id: int, path: Path, results: list[dict], out_dir: Path, vis_thr: float
+    bgr: np.ndarray, image_id: int, path: Path, results: list[dict], out_dir: Path, vis_thr: float
 ) -> Path:
     """The image with every person whose instance score passes `vis_thr` drawn on it."""
 
     people = [r for r in results if r["image_id"] == image_id and r["score"] > vis_thr]
     keypoints = np.array([r["keypoints"] for r in people], dtype=np.float64).reshape(-1, 17, 3)
-    canvas = draw_poses(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), keypoints, score_thr=vis_thr)
+    canvas = draw_poses(bgr, keypoints, score_thr=vis_thr)
     target = out_dir / f"{path.stem}_pose.png"
     if not cv2.imwrite(str(target), canvas):
         raise OSError(f"{target}: could not write the overlay image")

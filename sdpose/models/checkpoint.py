@@ -7,7 +7,6 @@ An sdpose checkpoint is a plain dict of tensors and primitives, so it loads with
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from collections.abc import Sequence
@@ -19,8 +18,8 @@ from torch import nn
 
 from sdpose.core.errors import InputError
 from sdpose.core.paths import atomic_file
-from sdpose.models.mct import SDPose
 from sdpose.core.presets import ModelConfig, resolve_model_config
+from sdpose.models.mct import SDPose
 
 
 class CheckpointError(InputError):

@@ -16,8 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from sdpose.models.mct import Attention, PatchEmbedding, SDPose
 from sdpose.core.presets import PRESETS, ModelConfig, resolve_model_config
+from sdpose.models.mct import Attention, PatchEmbedding, SDPose
 from sdpose.models.student import StudentGraph, TokenAttention
 
 Counter = Callable[[nn.Module, torch.Tensor, torch.Tensor], int]

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdpose.core.presets import ModelConfig
 from sdpose.models.backbones import build_backbone
 from sdpose.models.heads import HeatmapHead, build_head
 from sdpose.models.outputs import CycleOutput
-from sdpose.core.presets import ModelConfig
 
 
 def sine_position_embedding(

@@ -1,7 +1,8 @@
 """The deployed student as an inference graph: one cycle, rewritten to run fast, exactly.
 
 Training needs every cycle's tokens; the deployed model needs only the first cycle's
-head output (heatmaps or SimCC logits), and that reads the K keypoint tokens alone. Three exact rewrites follow:
+head output (heatmaps or SimCC logits), and that reads the K keypoint tokens alone. Three
+exact rewrites follow:
 
 - The last layer updates only the keypoint tokens: its queries, output projection and MLP
   run on K of the K+P tokens, while keys and values still see all of them. The visual

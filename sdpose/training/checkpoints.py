@@ -45,11 +45,21 @@ class Progress:
         return dataclasses.asdict(self)
 
 
+def load_state(folder: Path) -> tuple[dict[str, Any], Progress]:
+    """A checkpoint folder's state.pt (on the CPU) and its Progress, history included.
+
+    The one reader of the format: restoring a run, the run's outputs and the search's trial
+    rows all read a checkpoint through here.
+    """
+    state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+    return state, Progress(**state["progress"])
+
+
 def restore(
     trainee: Trainee, folder: Path, params: Params
 ) -> tuple[Progress, dict[str, torch.Tensor]]:
     """Load a checkpoint written by `report`; returns the progress and the best weights."""
-    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    state, progress = load_state(folder)
     model = unwrap(trainee.model)
     if state["config"] != model.config.to_dict():
         raise InputError(
@@ -62,7 +72,6 @@ def restore(
     trainee.schedule.load_state_dict(state["schedule"])
     trainee.scaler.load_state_dict(state["scaler"])
     best = torch.load(folder / BEST_FILE, map_location="cpu", weights_only=True)["model"]
-    progress = Progress(**state["progress"])
     progress.restores += 1
     return progress, best
 

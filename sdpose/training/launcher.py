@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
@@ -41,7 +40,7 @@ from sdpose.core.paths import (
 from sdpose.core.provenance import code_version
 from sdpose.data import feed
 from sdpose.ray_runtime import ray_session
-from sdpose.training.checkpoints import BEST_FILE, STATE_FILE
+from sdpose.training.checkpoints import BEST_FILE, STATE_FILE, load_state
 from sdpose.training.history import plot_history, write_history_csv, write_json
 from sdpose.training.init import resolve_init
 from sdpose.training.loop import train_loop_per_worker
@@ -194,33 +193,32 @@ def build_trainer(
 
 def outputs_from_checkpoint(folder: Path, paths: TrainPaths, params: Params) -> dict[str, Any]:
     """models/train, the history CSV and curves; returns the summary (without timings)."""
-    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    state, progress = load_state(folder)
     paths.models.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(folder / BEST_FILE, paths.models / BEST_FILE)
     shutil.copyfile(folder / STATE_FILE, paths.models / "last.pt")
-    progress = state["progress"]
     config = {"model": state["config"], "params": params.to_dict(), "run_name": RUN_NAME}
     (paths.models / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    history = progress["history"]
+    history = progress.history
     write_history_csv(history, paths.history)
     plot_history(history, paths.curves)
     final = history[-1]
     train_time = sum(row["epoch_time_s"] for row in history)
-    initial = progress.get("initial") or {}
+    initial = progress.initial or {}
     return {
         "init": params.train.init,
         "initial_student_ap": initial.get("student_ap"),
         "epochs": len(history),
         "student_ap": final["student_ap"],
         "teacher_ap": final["teacher_ap"],
-        "best_student_ap": progress["best_ap"],
-        "best_epoch": progress["best_epoch"],
+        "best_student_ap": progress.best_ap,
+        "best_epoch": progress.best_epoch,
         # over the training passes (validation apart), as bench/train.py measures the path
         "samples_per_s": sum(row["samples"] for row in history) / max(train_time, 1e-9),
         "train_time_s": train_time,
         "data_wait_s": sum(row.get("data_wait_s", 0.0) for row in history),
-        "restores": progress["restores"],
-        "nodes": len({worker["node_id"] for worker in progress["workers"]}),
+        "restores": progress.restores,
+        "nodes": len({worker["node_id"] for worker in progress.workers}),
         "num_workers": params.ray.num_workers,
         "model": state["config"]["name"],
         "cycles": state["config"]["cycles"],

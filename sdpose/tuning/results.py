@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 from ray import cloudpickle
 
 from sdpose.core.paths import write_text_atomic
 from sdpose.models.cost import model_info
-from sdpose.training.checkpoints import BEST_FILE, STATE_FILE
+from sdpose.training.checkpoints import BEST_FILE, load_state
 from sdpose.training.launcher import RUN_NAME
 from sdpose.training.storage import RunStorage
 from sdpose.tuning.space import InvalidTrialConfigError, trial_params
@@ -71,8 +70,7 @@ def trial_history(latest) -> list[dict[str, float]]:
     if latest is None:
         return []
     with latest[1].as_directory() as folder:
-        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-    return list(state["progress"]["history"])
+        return load_state(Path(folder))[1].history
 
 
 def trial_row(trial, run: Path, cost: dict[str, Any], max_epochs: int) -> dict[str, Any]:

@@ -14,16 +14,15 @@ import pyarrow as pa
 import pytest
 import torch
 
-from sdpose.core.codecs import codec_for_model
-
 from sdpose.config import AugmentParams, CropsParams
 from sdpose.core import inputs
 from sdpose.core.codec import HeatmapCodec
+from sdpose.core.codecs import codec_for_model
 from sdpose.core.geometry import apply_affine
 from sdpose.core.keypoints import FLIP_INDEX, FLIP_PAIRS
-from sdpose.data import augment, crop_rows, crops, feed
-from sdpose.data.manifest import SCHEMA
 from sdpose.core.presets import resolve_model_config as build_model_config
+from sdpose.data import augment, crop_rows, feed
+from sdpose.data.manifest import SCHEMA
 
 pytestmark = pytest.mark.unit
 
@@ -178,7 +177,9 @@ def test_big_box_is_downsampled_and_still_exact(tmp_path):
     rows = manifest_rows(["big.png"], [250.0, 150.0, 400.0, 900.0]).to_pylist()
     rows[0].update(width=900, height=1200)
     rows[0]["keypoints"] = [*point, 2.0] + [0.0] * 48
-    table, _ = crop_rows.crop_rows(pa.Table.from_pylist(rows, schema=SCHEMA), tmp_path, CropsParams())
+    table, _ = crop_rows.crop_rows(
+        pa.Table.from_pylist(rows, schema=SCHEMA), tmp_path, CropsParams()
+    )
     assert table["crop_height"][0].as_py() <= crop_rows.MAX_BOX_HEIGHT * CropsParams().context + 1
     sample = feed.crop_samples(table)[0]
     dot = find_dot(sample["image"])

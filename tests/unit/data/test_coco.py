@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from shared import COCO_SAMPLE, SHARED
+from shared import COCO_SAMPLE
 
 from sdpose.data.coco import (
     DataError,
@@ -166,3 +165,19 @@ def test_detections_file_errors_and_checks(tmp_path, coco):
     assert check_detection({**good, "image_id": 9}, 0, images, 1, 0).reason == "unknown_image"
     assert check_detection({**good, "bbox": [1, 2, 0, 4]}, 0, images, 1, 0).reason == "bad_box"
     assert check_detection({**good, "score": "high"}, 0, images, 1, 0).reason == "non_finite"
+
+
+@pytest.mark.parametrize(
+    ("change", "reason", "detail"),
+    [
+        ({"bbox": [1, 2, 3, True]}, "bad_box", "'bbox' must hold numbers, found True"),
+        ({"bbox": [1, 2, float("nan"), 4]}, "non_finite", "'bbox' holds NaN or infinity"),
+        ({"score": float("nan")}, "non_finite", "'score' holds NaN or infinity"),
+        ({"score": None, "bbox": [1, 2, 0, 4]}, "non_finite", "'score' must hold numbers"),
+    ],
+)
+def test_a_bad_detection_names_its_field(coco, change, reason, detail):
+    good = {"image_id": 785, "category_id": 1, "bbox": [1, 2, 30, 40], "score": 0.5}
+    issue = check_detection({**good, **change}, 4, _images(coco), 1, 0.0)
+    assert issue.reason == reason and issue.record == 4
+    assert issue.detail.startswith(f"detection 4: {detail}")

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
-from shared import COCO_SAMPLE, SHARED
+from shared import COCO_SAMPLE
 
 from sdpose.config import Params
 from sdpose.core.inputs import center_scale

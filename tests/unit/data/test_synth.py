@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
-
 from shared import SHARED
 
 from sdpose.config import Params

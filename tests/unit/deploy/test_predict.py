@@ -27,7 +27,12 @@ from shared import SHARED
 from sdpose.config import Params
 from sdpose.core.codec import HeatmapCodec
 from sdpose.core.keypoints import FLIP_INDEX
-from sdpose.deploy.predict import PredictError, predict, predict_with_runner
+from sdpose.deploy.predict import (
+    PredictError,
+    load_person_boxes,
+    predict,
+    predict_with_runner,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -252,3 +257,23 @@ def test_box_outside_the_image_is_a_clear_error(image_files, nano_onnx, tmp_path
 def test_missing_model_is_a_clear_error(image_files, tmp_path):
     with pytest.raises(PredictError, match=r"nothing\.onnx: ONNX model not found"):
         predict(image_files[:1], None, tmp_path / "nothing.onnx", tmp_path, Params())
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"score": float("nan")}, r"record 0: 'score' holds NaN or infinity"),
+        ({"bbox": [10, 10, float("inf"), 80]}, r"record 0: 'bbox' holds NaN or infinity"),
+        ({"bbox": [10, 10, 50]}, r"record 0: 'bbox' must be 4 numbers x, y, w, h"),
+    ],
+)
+def test_a_bad_detection_names_its_record_and_field(tmp_path, change, says):
+    record = {"image_id": 785, "category_id": 1, "bbox": [10, 10, 50, 80], "score": 0.9}
+    boxes = tmp_path / "dets.json"
+    images = {785: (Path("000000000785.jpg"), 640, 425)}
+    boxes.write_text(json.dumps([record]))
+    kept = load_person_boxes(boxes, images)[785]
+    assert kept.bbox.tolist() == [[10.0, 10.0, 50.0, 80.0]] and kept.score.tolist() == [0.9]
+    boxes.write_text(json.dumps([{**record, **change}]))
+    with pytest.raises(PredictError, match=rf"dets\.json: {says}"):
+        load_person_boxes(boxes, images)

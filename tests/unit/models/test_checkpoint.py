@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from shared import REFERENCE
 
 from sdpose.models import build_model

@@ -6,11 +6,8 @@ official code; our model must reproduce its per-cycle heatmaps and tokens.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-
 from shared import REFERENCE
 
 from sdpose.models.checkpoint import convert_official_checkpoint, load_checkpoint
@@ -84,4 +81,6 @@ def test_default_eval_forward_is_the_official_inference_output(converted):
     expected = torch.load(FIXTURE / "expected_outputs.pt", weights_only=True)
     with torch.no_grad():
         (only,) = model(images)
-    torch.testing.assert_close(only.predictions, expected["cycle_1"]["heatmaps"], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(
+        only.predictions, expected["cycle_1"]["heatmaps"], atol=1e-4, rtol=1e-5
+    )

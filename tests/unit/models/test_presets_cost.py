@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from sdpose.models.cost import model_info, model_info_table
 from sdpose.core.presets import PRESETS, ModelConfig, resolve_model_config
+from sdpose.models.cost import model_info, model_info_table
 
 pytestmark = pytest.mark.unit
 
