@@ -112,7 +112,11 @@ def leg_record(workdir: Path, params: Params, checkpoint: dict, note: str) -> di
         "iterations": int(history[-1]["iterations"]),
         "best_epoch": summary["best_epoch"],
         "best_student_ap_during_training": summary["best_student_ap"],
-        "wall_time_s": round(summary["wall_time_s"], 1),
+        # every epoch's training and validation, across resumes; the last run's wall time
+        # alone leaves out what came before a `--resume`
+        "train_time_s": round(summary["train_time_s"], 1),
+        "wall_time_s_last_run": round(summary["wall_time_s"], 1),
+        "resumed_after_epoch": summary.get("resumed_after_epoch"),
         "samples_per_s": round(summary["samples_per_s"], 1),
         "code": summary.get("code"),
         "data": {

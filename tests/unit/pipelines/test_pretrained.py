@@ -35,7 +35,8 @@ def training_run(folder: Path, init: str = "scratch") -> Path:
         for epoch in range(2)
     ]  # fmt: skip
     write_history_csv(rows, folder / TRAIN_HISTORY)
-    summary = {"epochs": 2, "best_epoch": 1, "best_student_ap": 0.1, "wall_time_s": 130.0,
+    summary = {"epochs": 2, "best_epoch": 1, "best_student_ap": 0.1, "wall_time_s": 70.0,
+               "train_time_s": 130.0, "resumed_after_epoch": 0,
                "samples_per_s": 180.0, "init": init, "initial_student_ap": None,
                "code": {"sdpose": "0.1.0", "git_commit": "abc"}}  # fmt: skip
     write_json(summary, folder / TRAIN_METRICS)
@@ -57,6 +58,8 @@ def test_shipping_writes_weights_card_and_checksum_and_legs_accumulate(tmp_path)
     assert all(0.0 <= figures["AP"] <= 1.0 for figures in card["ap"].values())
     (leg,) = card["legs"]
     assert leg["iterations"] == 20 and leg["data"]["synth"]["train_images"] == 2
+    assert (leg["train_time_s"], leg["wall_time_s_last_run"]) == (130.0, 70.0)  # a resumed leg
+    assert leg["resumed_after_epoch"] == 0
     assert [point["student_ap"] for point in leg["curve"]] == [0.0, 0.1]
     assert leg["code"]["git_commit"] == "abc" and leg["init"] == "scratch"
 
