@@ -130,7 +130,9 @@ def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     scored = [
         row
         for row in rows
-        if row["status"] != "failed" and row[OBJECTIVE] is not None and row["gflops"] is not None
+        if row.get("status") != "failed"
+        and row[OBJECTIVE] is not None
+        and row["gflops"] is not None
     ]
     scored.sort(key=lambda row: (row["gflops"], -row[OBJECTIVE]))
     front: list[dict[str, Any]] = []

@@ -26,7 +26,6 @@ from sdpose.config import ConfigError, RayParams, TuneParams, dump_params
 from sdpose.core.presets import resolve_model_config
 from sdpose.models.checkpoint import load_checkpoint
 from sdpose.models.cost import model_info
-from sdpose.tuning.results import pareto_front
 from sdpose.tuning.space import (
     InvalidTrialConfigError,
     max_concurrent_trials,
@@ -257,19 +256,3 @@ def test_concurrency_leaves_a_cpu_for_ray_data() -> None:
     gpus = RayParams(num_workers=2, cpus_per_worker=1, use_gpu=True)
     assert max_concurrent_trials(tune, gpus, {"CPU": 64.0, "GPU": 4.0}) == 2
     assert max_concurrent_trials(TuneParams(max_concurrent=3), two_workers, {"CPU": 2.0}) == 3
-
-
-def test_pareto_front_keeps_only_undominated_trials() -> None:
-    def row(name: str, gflops: float, ap: float | None) -> dict:
-        return {"id": name, "gflops": gflops, "student_ap": ap}
-
-    rows = [
-        row("a", 1.0, 0.50),
-        row("b", 2.0, 0.40),
-        row("c", 2.0, 0.60),
-        row("d", 3.0, 0.60),
-        row("e", 4.0, 0.70),
-        row("f", 0.5, None),
-    ]
-    # b: c costs the same for more AP; d: c is cheaper for the same AP; f: never scored
-    assert [item["id"] for item in pareto_front(rows)] == ["a", "c", "e"]

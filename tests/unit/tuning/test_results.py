@@ -408,3 +408,19 @@ def test_plot_pareto_writes_a_png_even_without_scored_trials(tmp_path) -> None:
     empty = tmp_path / "empty" / "tune_pareto.png"
     plot_pareto([rows[-1]], None, empty)
     assert empty.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pareto_front_keeps_only_undominated_trials() -> None:
+    def row(name: str, gflops: float, ap: float | None) -> dict:  # a row before it had a status
+        return {"id": name, "gflops": gflops, "student_ap": ap}
+
+    rows = [
+        row("a", 1.0, 0.50),
+        row("b", 2.0, 0.40),
+        row("c", 2.0, 0.60),
+        row("d", 3.0, 0.60),
+        row("e", 4.0, 0.70),
+        row("f", 0.5, None),
+    ]
+    # b: c costs the same for more AP; d: c is cheaper for the same AP; f: never scored
+    assert [item["id"] for item in pareto_front(rows)] == ["a", "c", "e"]
