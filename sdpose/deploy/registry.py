@@ -26,7 +26,6 @@ import json
 import math
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +65,14 @@ class Int8Verdict:
 
 
 NO_INT8 = Int8Verdict(False, "no int8 form was built")
+
+
+@dataclass(frozen=True)
+class ChampionScore:
+    """The champion's AP as the export re-measured it on the new version's val set."""
+
+    version: int
+    ap: float
 
 
 class RegistryError(InputError):
@@ -120,7 +127,7 @@ def register_student(
     card: dict[str, Any],
     metrics: dict[str, float],
     val_set: str,
-    score_on_current_val: Callable[[Path], float] | None = None,
+    champion_score: ChampionScore | None = None,
     int8: Int8Verdict = NO_INT8,
     weights: Path | None = None,
 ) -> dict[str, Any]:
@@ -132,7 +139,8 @@ def register_student(
 
     `metrics["student_ap"]` is the comparison key and `val_set` a fingerprint of the data it
     was measured on. When the champion was measured on another val set, its AP means
-    nothing here: `score_on_current_val(champion_onnx)` re-measures it if given, otherwise
+    nothing here: `champion_score` (the export's re-measurement of the file
+    `champion_to_rescore` named) replaces it if given for that champion, otherwise
     the champion stays (a version is never promoted on an incomparable number). Below
     `registry.min_ap` a version is registered and tagged `not_champion`, never promoted.
     Returns {version, student_ap, champion (bool), previous_champion, reason, int8}.
@@ -161,7 +169,7 @@ def register_student(
     )
     champion = current_champion(params, workdir, client)
     promote, reason, champion_ap = _should_promote(
-        params, workdir, champion, metrics["student_ap"], val_set, score_on_current_val
+        params, champion, metrics["student_ap"], val_set, champion_score
     )
     if promote:
         client.set_registered_model_alias(name, CHAMPION, version.version)
@@ -180,11 +188,10 @@ def register_student(
 
 def _should_promote(
     params: Params,
-    workdir: Path,
     champion,
     student_ap: float,
     val_set: str,
-    score_on_current_val: Callable[[Path], float] | None,
+    champion_score: ChampionScore | None,
 ) -> tuple[bool, str, float | None]:
     """(promote, why, the champion's AP it was compared with: None if it was not)."""
     if (gate := _below_min_ap(params, student_ap)) is not None:
@@ -194,9 +201,9 @@ def _should_promote(
         return True, f"no champion yet: student AP {student_ap:.4f} becomes the champion", None
     champion_ap = _float_tag(champion, "student_ap")
     if (champion.tags or {}).get("val_set") != val_set:
-        if score_on_current_val is None:
+        if champion_score is None or champion_score.version != int(champion.version):
             return False, f"champion v{champion.version} was measured on another val set", None
-        champion_ap = float(score_on_current_val(load_onnx(params, workdir, champion.version)))
+        champion_ap = champion_score.ap
     if champion_ap is None or student_ap > champion_ap:
         return True, f"student AP {student_ap:.4f} beats champion's {champion_ap}", champion_ap
     return (
@@ -205,6 +212,22 @@ def _should_promote(
         f"({champion_ap:.4f}); the champion stays",
         champion_ap,
     )
+
+
+def champion_to_rescore(
+    params: Params, workdir: Path, student_ap: float, val_set: str
+) -> tuple[int, Path] | None:
+    """(version, ONNX file) of the champion when a version of `student_ap`, measured on
+    `val_set`, could take its slot but the champion was measured on other data: the export
+    scores that file on its val set and passes the `ChampionScore` to `register_student`.
+    None when there is nothing to re-measure: no champion, the same val set, or a student
+    below `registry.min_ap`, which cannot win (checked first, without opening the store)."""
+    if _below_min_ap(params, student_ap) is not None:
+        return None
+    champion = current_champion(params, workdir)
+    if champion is None or (champion.tags or {}).get("val_set") == val_set:
+        return None
+    return int(champion.version), load_onnx(params, workdir, champion.version)
 
 
 def _below_min_ap(params: Params, student_ap: float) -> str | None:

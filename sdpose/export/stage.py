@@ -102,9 +102,13 @@ def _register(
     metrics |= {"gflops": card["gflops"]}
     metrics |= shipped.metrics()
 
-    def score_on_current_val(champion_onnx: Path) -> float:
-        return onnx_student_ap(params, workdir, champion_onnx)
-
+    rescore = registry.champion_to_rescore(params, workdir, card["student_ap"], val_set)
+    champion_score = None
+    if rescore is not None:  # the champion was measured on other data: score it on ours
+        version, champion_onnx = rescore
+        champion_score = registry.ChampionScore(
+            version, onnx_student_ap(params, workdir, champion_onnx)
+        )
     return registry.register_student(
         params,
         workdir,
@@ -112,7 +116,7 @@ def _register(
         card,
         metrics,
         val_set,
-        score_on_current_val,
+        champion_score,
         int8=shipped.int8,
         weights=checkpoint_path,
     )

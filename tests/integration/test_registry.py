@@ -118,14 +118,16 @@ def test_a_champion_from_another_val_set_is_re_measured_before_it_is_compared(st
     register(tmp_path, students[0], 0.9, val_set="val-A")
     # Higher AP on other data proves nothing: without a way to re-measure, the champion stays.
     assert not register(tmp_path, students[1], 0.95, val_set="val-B")["champion"]
-    measured = []
-
-    def score(onnx_path: Path) -> float:
-        measured.append(digest(onnx_path))
-        return 0.7  # the champion's AP on val-B
-
-    outcome = register(tmp_path, students[1], 0.8, val_set="val-B", score_on_current_val=score)
-    assert measured == [digest(students[0])]
+    # The export asks which file to re-measure, scores it on val-B, and passes the score.
+    version, champion_onnx = registry.champion_to_rescore(Params(), tmp_path, 0.8, "val-B")
+    assert version == 1 and digest(champion_onnx) == digest(students[0])
+    assert registry.champion_to_rescore(Params(), tmp_path, 0.8, "val-A") is None  # same data
+    stale = registry.ChampionScore(version=7, ap=0.1)  # a score of another version: ignored
+    assert not register(tmp_path, students[1], 0.8, val_set="val-B", champion_score=stale)[
+        "champion"
+    ]
+    score = registry.ChampionScore(version, 0.7)  # the champion's AP on val-B
+    outcome = register(tmp_path, students[1], 0.8, val_set="val-B", champion_score=score)
     assert outcome["champion"] and outcome["previous_champion_ap"] == 0.7
     outcome = register(tmp_path, students[0], 0.75, val_set="val-B")  # same val set now
     assert not outcome["champion"] and outcome["previous_champion_ap"] == 0.8

@@ -25,7 +25,7 @@ def champion(ap: float, val_set: str = "val-A") -> SimpleNamespace:
 
 
 def decide(params: Params, current, ap: float, val_set: str = "val-A", score=None):
-    return registry._should_promote(params, Path("."), current, ap, val_set, score)
+    return registry._should_promote(params, current, ap, val_set, score)
 
 
 def test_min_ap_defaults_to_five_points_and_params_yaml_says_so():
@@ -50,11 +50,14 @@ def test_at_min_ap_or_with_the_gate_off_the_empty_slot_is_taken():
     assert decide(gated(0.0), None, 0.0)[0]
 
 
-def test_below_min_ap_never_beats_a_champion_nor_re_measures_it():
-    def score(_: Path) -> float:
+def test_below_min_ap_never_beats_a_champion_nor_re_measures_it(monkeypatch):
+    def no_store(*_):
         raise AssertionError("no champion re-measurement for a version that cannot win")
 
+    monkeypatch.setattr(registry, "current_champion", no_store)
+    assert registry.champion_to_rescore(gated(0.6), Path("."), 0.5, "val-B") is None
     assert not decide(gated(0.6), champion(0.3), 0.5)[0]
+    score = registry.ChampionScore(version=1, ap=0.1)  # re-measured lower, and still no
     assert not decide(gated(0.6), champion(0.3), 0.5, val_set="val-B", score=score)[0]
     promote, reason, champion_ap = decide(gated(0.6), champion(0.3), 0.65)
     assert promote and champion_ap == 0.3 and "beats" in reason  # above the gate: as before
