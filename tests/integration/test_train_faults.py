@@ -108,10 +108,22 @@ def _sdpose_train(workdir: Path, log: str, *options: str, **popen) -> subprocess
 
 
 def _kill_session(process: subprocess.Popen) -> None:
-    """SIGKILL the driver and the local Ray it started (its own session and group)."""
+    """SIGKILL the driver and the local Ray it started (its own session and group), and
+    wait until every one of its processes is gone: until then a Train controller that has
+    not died yet may still register a checkpoint, and Ray's record would move after it was
+    read (seen once on CI: the record read 0, the resume found 1)."""
+    try:
+        below = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        below = []
     with contextlib.suppress(ProcessLookupError):  # start_new_session: group id == its pid
         os.killpg(process.pid, signal.SIGKILL)
+    for child in below:  # any that left the group
+        with contextlib.suppress(psutil.Error):
+            child.kill()
     process.wait(timeout=30)
+    _, alive = psutil.wait_procs(below, timeout=30)
+    assert not alive, f"still running after SIGKILL: {alive}"
 
 
 @pytest.mark.timeout(900)
