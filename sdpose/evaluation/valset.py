@@ -115,10 +115,10 @@ def model_cycles(
         )
 
 
-def val_images(params: Params, workdir: Path, codec: Codec, count: int = 32) -> np.ndarray:
-    """The first `count` val crops as network inputs (N, 3, H, W) float32."""
+def val_images(workdir: Path, val: ValSet, codec: Codec, count: int = 32) -> np.ndarray:
+    """The first `count` crops of `val` as network inputs (N, 3, H, W) float32."""
     batches, taken = [], 0
-    for batch in val_batches(workdir, val_set(params, workdir).split, codec):
+    for batch in val_batches(workdir, val.split, codec):
         batches.append(batch["images"].numpy())
         taken += len(batches[-1])
         if taken >= count:

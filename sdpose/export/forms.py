@@ -20,7 +20,7 @@ from sdpose.config import Params
 from sdpose.core.codecs import Codec, codec_for_labels
 from sdpose.core.paths import CROPS_DIR, int8_path
 from sdpose.deploy.registry import NO_INT8, Int8Verdict
-from sdpose.evaluation.valset import val_images
+from sdpose.evaluation.valset import ValSet, val_images, val_set
 from sdpose.export import latency
 from sdpose.export.int8_gate import int8_refusal, int8_verdict
 from sdpose.export.onnx_ap import onnx_student_ap
@@ -93,10 +93,11 @@ def ship_forms(
     if not (workdir / CROPS_DIR / "summary.json").is_file():
         return ShippedForms(section | {"int8_skipped": NO_CROPS})
     codec = codec_for_labels(model.config, params.train)
-    int8 = _int8_form(params, workdir, model, onnx_path, runtimes, codec)
+    val = val_set(params, workdir)  # read once: both files are scored on it
+    int8 = _int8_form(params, workdir, model, onnx_path, runtimes, codec, val)
     section["forms"]["int8"] = int8
-    fp32["ap"] = onnx_student_ap(params, workdir, onnx_path, fp32_runtime, codec)
-    int8["ap"] = onnx_student_ap(params, workdir, int8_file, int8["runtime"], codec)
+    fp32["ap"] = onnx_student_ap(params, workdir, onnx_path, fp32_runtime, codec, val)
+    int8["ap"] = onnx_student_ap(params, workdir, int8_file, int8["runtime"], codec, val)
     int8["ap_drop"] = fp32["ap"] - int8["ap"]
     int8["speedup_batch8"] = (
         fp32_latency[fp32_runtime]["batch8"] / int8["latency_ms"][int8["runtime"]]["batch8"]
@@ -113,12 +114,13 @@ def _int8_form(
     onnx_path: Path,
     runtimes: list[str],
     codec: Codec,
+    val: ValSet,
 ) -> dict[str, Any]:
     """Quantize the fp32 file, then measure the int8 file: latency, output gap to PyTorch
     on val crops (held out from the calibration)."""
     calibration = calibration_images(workdir, codec, params.export.calibration_samples)
     built = quantize_student(onnx_path, int8_path(onnx_path), calibration)
-    images = val_images(params, workdir, codec)
+    images = val_images(workdir, val, codec)
     with torch.no_grad():
         expected = model(torch.from_numpy(images), cycles=1)[0].predictions.numpy()
     gap = latency.heatmap_gap(int8_path(onnx_path), runtimes, images, expected)
