@@ -78,12 +78,26 @@ def load_coco_keypoints(path: Path) -> dict:
     problems are left to `check_annotation`.
     """
     data = load_json(path)
+    check_top_level(data, path)
+    check_sections(data, path)
+    person_category_id(data, path)
+    seen: dict[int, int] = {}
+    for index, image in enumerate(data["images"]):
+        add_image_record(image, index, path, seen)
+    return data
+
+
+def check_top_level(data: Any, path: Path) -> None:
     if not isinstance(data, dict):
         raise DataError(
             f"{path}: not a COCO annotation file: the top level is a "
             f"{type(data).__name__}, expected an object with images, annotations "
             "and categories"
         )
+
+
+def check_sections(data: dict, path: Path) -> None:
+    """images, annotations and categories are there, and lists."""
     for section in ("images", "annotations", "categories"):
         if section not in data:
             raise DataError(f"{path}: not a COCO annotation file: '{section}' is missing")
@@ -91,17 +105,17 @@ def load_coco_keypoints(path: Path) -> dict:
             raise DataError(
                 f"{path}: '{section}' must be a list, not {type(data[section]).__name__}"
             )
-    person_category_id(data, path)
-    seen: dict[int, int] = {}
-    for index, image in enumerate(data["images"]):
-        _check_image_record(image, index, path)
-        if image["id"] in seen:
-            raise DataError(
-                f"{path}: images[{index}]: id {image['id']} is already used by "
-                f"images[{seen[image['id']]}]"
-            )
-        seen[image["id"]] = index
-    return data
+
+
+def add_image_record(image: Any, index: int, path: Path, seen: dict[int, int]) -> None:
+    """Check `images[index]` and that its id is new; `seen` maps ids to their index."""
+    _check_image_record(image, index, path)
+    if image["id"] in seen:
+        raise DataError(
+            f"{path}: images[{index}]: id {image['id']} is already used by "
+            f"images[{seen[image['id']]}]"
+        )
+    seen[image["id"]] = index
 
 
 def person_category_id(data: dict, path: Path) -> int:
@@ -155,8 +169,13 @@ def unsafe_file_name(file_name: str) -> str | None:
     return None
 
 
-def check_annotation(ann: Any, index: int, images: dict[int, dict], person_id: int) -> Issue | None:
-    """The first reason this annotation is not a training instance, or None to keep it."""
+def check_annotation(
+    ann: Any, index: int, images: dict[int, dict], person_id: int | None
+) -> Issue | None:
+    """The first reason this annotation is not a training instance, or None to keep it.
+
+    `person_id` None leaves the category out (a streamed file names it only at its end).
+    """
     if not isinstance(ann, dict) or not _is_int(ann.get("id")):
         return Issue("malformed", f"record {index}", f"annotations[{index}]: no integer 'id'")
     ann_id = ann["id"]
@@ -165,7 +184,7 @@ def check_annotation(ann: Any, index: int, images: dict[int, dict], person_id: i
         return Issue(
             "unknown_image", ann_id, f"{where}: image_id {ann.get('image_id')!r} is not in 'images'"
         )
-    if ann.get("category_id") != person_id:
+    if person_id is not None and ann.get("category_id") != person_id:
         return Issue("not_person", ann_id, f"{where}: category_id {ann.get('category_id')!r}")
     issue = _check_keypoints(ann.get("keypoints"), ann_id, where)
     issue = issue or _check_box(ann.get("bbox"), ann_id, where)

@@ -7,6 +7,7 @@ written by an incompatible version instead of misreading it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
@@ -43,14 +44,24 @@ class ManifestError(InputError):
     """A manifest file that cannot be used; the message names the file."""
 
 
-def write_manifest(rows: list[dict] | pa.Table, path: Path, image_root: Path) -> Path:
-    """Write rows atomically: a crash leaves the old file or none, never a partial one."""
-    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=SCHEMA)
-    table = table.cast(SCHEMA).replace_schema_metadata(
-        {META_VERSION: SCHEMA_VERSION.encode(), META_IMAGE_ROOT: str(image_root).encode()}
-    )
-    with atomic_file(path) as tmp:
-        pq.write_table(table, tmp)
+def write_manifest(
+    rows: list[dict] | pa.Table | Iterable[pa.RecordBatch], path: Path, image_root: Path
+) -> Path:
+    """Write rows atomically: a crash leaves the old file or none, never a partial one.
+
+    Record batches are written as they come, so a COCO-size manifest is never whole in memory.
+    """
+    metadata = {META_VERSION: SCHEMA_VERSION.encode(), META_IMAGE_ROOT: str(image_root).encode()}
+    schema = SCHEMA.with_metadata(metadata)
+    if isinstance(rows, list):
+        rows = pa.Table.from_pylist(rows, schema=SCHEMA)
+    batches = rows.to_batches() if isinstance(rows, pa.Table) else rows
+    with atomic_file(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        writer.write_table(pa.table({name: [] for name in SCHEMA.names}, schema=schema))
+        for batch in batches:
+            writer.write_batch(pa.RecordBatch.from_arrays(
+                [batch.column(name).cast(field.type) for name, field in zip(
+                    SCHEMA.names, SCHEMA, strict=True)], schema=schema))  # fmt: skip
     return path
 
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
+import shutil
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
+import pyarrow as pa
 
 from sdpose import console
 from sdpose.config import Params
@@ -32,28 +35,46 @@ from sdpose.data.coco import (
     DEFECT_REASONS,
     DataError,
     Issue,
-    check_annotation,
+    add_image_record,
     check_detection,
+    check_sections,
+    check_top_level,
     clip_box,
-    index_with_pycocotools,
     labelled_count,
-    load_coco_keypoints,
     load_detections,
     person_category_id,
     unsafe_file_name,
 )
+from sdpose.data.coco_stream import iter_sections
 from sdpose.data.manifest import SCHEMA_VERSION, write_manifest
+from sdpose.data.screening import AnnotationScreen, Findings, RowSpool
 
 SPLITS = ("train", "val")
+IMAGE_FIELDS = ("id", "file_name", "width", "height")  # all a manifest row needs of an image
 
 
 @dataclass
 class PreparedSplit:
-    """Manifest rows of one split, its detector-box rows (val only) and its report."""
+    """The kept manifest rows of one split, its detector-box rows (val only), its report."""
 
-    rows: list[dict]
+    kept: RowSpool
     report: dict
     det_rows: list[dict] = field(default_factory=list)
+
+    @property
+    def rows(self) -> list[dict]:
+        """The kept rows as dicts (small splits; the stage streams `kept.batches()`)."""
+        return [row for batch in self.kept.batches() for row in batch.to_pylist()]
+
+
+@dataclass
+class _StreamedFile:
+    """What one pass over an annotation file leaves: the images, the screened records."""
+
+    images: dict[int, dict]
+    records: int
+    person_id: int
+    screen: AnnotationScreen
 
 
 def prepare_split(
@@ -65,93 +86,149 @@ def prepare_split(
     detections: Path | None = None,
     det_score_thr: float = 0.0,
     workers: int = 8,
+    scratch: Path | None = None,
 ) -> PreparedSplit:
     """Validate one COCO split and turn its usable instances into manifest rows.
 
     `image_root` is where the image files are read from; `detections` (a COCO
-    detection-results json) adds detector-box rows for top-down validation.
+    detection-results json) adds detector-box rows for top-down validation. The file is
+    read once, as a stream (`coco_stream`); with a `scratch` folder the rows wait there in
+    Parquet instead of in memory, so a COCO-size split costs a few hundred bytes per record
+    (module `screening`), not the whole file's object graph.
     """
     annotations, image_root = Path(annotations), Path(image_root)
-    data = load_coco_keypoints(annotations)
-    person_id = person_category_id(data, annotations)
-    images = {image["id"]: image for image in data["images"]}
-    issues, candidates = _screen_annotations(data["annotations"], images, person_id)
-    det_issues, dets = _screen_detections(detections, images, person_id, det_score_thr)
-    needed = {ann["image_id"] for ann in candidates} | {det["image_id"] for _, det in dets}
+    spill = (lambda name: Path(scratch) / f"{split}-{name}.parquet") if scratch else None
+    candidates = RowSpool(spill("candidates") if spill else None)
+    streamed = _read_annotations(annotations, split, candidates)
+    images, person_id = streamed.images, streamed.person_id
+    findings = Findings()
+    keep = streamed.screen.finish(person_id, findings)
+    det_findings, dets = _screen_detections(detections, images, person_id, det_score_thr)
+    needed = _kept_image_ids(candidates, keep) | {det["image_id"] for _, det in dets}
     bad_images = check_images([images[i] for i in sorted(needed)], image_root, workers)
 
-    rows, det_rows = [], []
-    coco = index_with_pycocotools({**data, "annotations": candidates})
-    for image_id in sorted(coco.getImgIds()):
-        for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])):
-            if image_id in bad_images:
-                reason, detail = bad_images[image_id]
-                issues.append(Issue(reason, ann["id"], f"annotation {ann['id']}: {detail}"))
-            else:
-                rows.append(_instance_row(ann, coco.imgs[image_id], split))
+    kept = RowSpool(spill("kept") if spill else None)
+    kept_images = _drop_bad_images(candidates, keep, bad_images, kept, findings,
+                                   first_order=len(streamed.screen.reasons))  # fmt: skip
+    det_rows = []
     for index, det in dets:
         if det["image_id"] in bad_images:
             reason, detail = bad_images[det["image_id"]]
-            det_issues.append(Issue(reason, index, f"detection {index}: {detail}"))
+            det_findings.add(Issue(reason, index, f"detection {index}: {detail}"), index)
         else:
             det_rows.append(_detection_row(index, det, images[det["image_id"]], split))
     if strict:
-        _raise_defects(annotations, issues)
-        _raise_defects(Path(detections) if detections else annotations, det_issues)
+        findings.raise_first_defect(annotations)
+        det_findings.raise_first_defect(Path(detections) if detections else annotations)
 
     report = {
         "annotations": str(annotations),
         "image_root": str(image_root),
         "images": len(images),
-        "records": len(data["annotations"]),
-        "kept": len(rows),
-        "kept_images": len({row["image_id"] for row in rows}),
-        "skipped": summarize_issues(issues, bad_images),
+        "records": streamed.records,
+        "kept": kept.count,
+        "kept_images": kept_images,
+        "skipped": findings.summary(bad_images),
     }
     if detections is not None:
         report["detections"] = {
             "file": str(detections),
             "score_thr": det_score_thr,
             "kept": len(det_rows),
-            "skipped": summarize_issues(det_issues, bad_images),
+            "skipped": det_findings.summary(bad_images),
         }
-    return PreparedSplit(rows=rows, report=report, det_rows=det_rows)
+    return PreparedSplit(kept=kept, report=report, det_rows=det_rows)
+
+
+def _read_annotations(path: Path, split: str, rows: RowSpool) -> _StreamedFile:
+    """One pass over the file: check its structure and images, screen its annotations.
+
+    COCO lists images before annotations; a file that lists them after has its
+    annotations held until the images are known (memory then follows that file).
+    """
+    sections: dict[str, Any] = {}
+    images: dict[int, dict] = {}
+    seen: dict[int, int] = {}
+    screen = AnnotationScreen(images, lambda ann, image: _instance_row(ann, image, split), rows)
+    early: list[tuple[int, Any]] = []
+    records = 0
+    for key, index, value in iter_sections(path):
+        if key == "":
+            check_top_level(value, path)
+        if index is None:
+            sections[key] = value
+            continue
+        sections.setdefault(key, [])  # there, and a list
+        if key == "images":
+            add_image_record(value, index, path, seen)
+            images[value["id"]] = {name: value[name] for name in IMAGE_FIELDS}
+        else:
+            records += 1
+            if "images" in sections:
+                screen.add(index, value)
+            else:
+                early.append((index, value))
+    check_sections(sections, path)
+    person_id = person_category_id(sections, path)
+    for index, value in early:
+        screen.add(index, value)
+    return _StreamedFile(images, records, person_id, screen)
+
+
+def _kept_image_ids(rows: RowSpool, keep: np.ndarray) -> set[int]:
+    needed: set[int] = set()
+    for batch, mask in _with_masks(rows, keep):
+        needed.update(np.unique(batch.column("image_id").to_numpy()[mask]).tolist())
+    return needed
+
+
+def _drop_bad_images(
+    rows: RowSpool,
+    keep: np.ndarray,
+    bad_images: dict[int, tuple[str, str]],
+    kept: RowSpool,
+    findings: Findings,
+    first_order: int,
+) -> int:
+    """Kept candidates on good images go to `kept`, the others to `findings`; returns
+    the number of images that keep a row."""
+    bad_ids = np.array(sorted(bad_images), dtype=np.int64)
+    images: set[int] = set()
+    for batch, mask in _with_masks(rows, keep):
+        batch = batch.filter(pa.array(mask))
+        image_ids = batch.column("image_id").to_numpy()
+        bad = np.isin(image_ids, bad_ids)
+        for image_id, ann_id in zip(image_ids[bad], batch.column("ann_id").to_numpy()[bad],
+                                    strict=True):  # fmt: skip
+            reason, detail = bad_images[int(image_id)]
+            issue = Issue(reason, int(ann_id), f"annotation {ann_id}: {detail}")
+            findings.add(issue, first_order)
+        good = batch.filter(pa.array(~bad))
+        images.update(np.unique(good.column("image_id").to_numpy()).tolist())
+        kept.add_batch(good)
+    return len(images)
+
+
+def _with_masks(rows: RowSpool, keep: np.ndarray) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+    offset = 0
+    for batch in rows.batches():
+        yield batch, keep[offset : offset + batch.num_rows]
+        offset += batch.num_rows
 
 
 def _screen_detections(
     path: Path | None, images: dict[int, dict], person_id: int, score_thr: float
-) -> tuple[list[Issue], list[tuple[int, dict]]]:
-    """Detector boxes -> issues and usable (index, detection) pairs; none without a file."""
-    issues, usable = [], []
+) -> tuple[Findings, list[tuple[int, dict]]]:
+    """Detector boxes -> findings and usable (index, detection) pairs; none without a file."""
+    findings, usable = Findings(), []
     if path is not None:
         for index, det in enumerate(load_detections(Path(path))):
             issue = check_detection(det, index, images, person_id, score_thr)
             if issue:
-                issues.append(issue)
+                findings.add(issue, index)
             else:
                 usable.append((index, det))
-    return issues, usable
-
-
-def _screen_annotations(
-    records: list, images: dict[int, dict], person_id: int
-) -> tuple[list[Issue], list[dict]]:
-    """Split annotation records into issues and candidates (kept unless the image is bad)."""
-    issues, candidates, seen = [], [], set()
-    for index, ann in enumerate(records):
-        issue = check_annotation(ann, index, images, person_id)
-        if issue is None and ann["id"] in seen:
-            issue = Issue(
-                "duplicate_id",
-                ann["id"],
-                f"annotations[{index}]: id {ann['id']} appears more than once",
-            )
-        if issue is None:
-            seen.add(ann["id"])
-            candidates.append(ann)
-        else:
-            issues.append(issue)
-    return issues, candidates
+    return findings, usable
 
 
 def check_images(
@@ -243,28 +320,6 @@ def _manifest_row(
     }
 
 
-def summarize_issues(issues: list[Issue], bad_images: dict[int, tuple[str, str]]) -> dict:
-    """reason -> {count, ids, example}; image-level reasons also list the image ids."""
-    by_reason: dict[str, list[Issue]] = defaultdict(list)
-    for issue in issues:
-        by_reason[issue.reason].append(issue)
-    summary = {}
-    for reason, found in sorted(by_reason.items()):
-        entry = {"count": len(found), "ids": [i.record for i in found], "example": found[0].detail}
-        image_ids = sorted(i for i, (why, _) in bad_images.items() if why == reason)
-        if image_ids:
-            entry["image_ids"] = image_ids
-        summary[reason] = entry
-    return summary
-
-
-def _raise_defects(path: Path, issues: list[Issue]) -> None:
-    defects = [issue for issue in issues if issue.reason in DEFECT_REASONS]
-    if defects:
-        more = f" ({len(defects) - 1} more problems)" if len(defects) > 1 else ""
-        raise DataError(f"{path}: {defects[0].detail} [{defects[0].reason}; strict mode]{more}")
-
-
 def run(params: Params, workdir: Path, strict: bool | None = None) -> dict:
     """The prepare stage: writes data/prepared/{train,val}.parquet (+ val_det.parquet with
     `evaluate.boxes`) and report.json under `workdir`; returns the kept and skipped counts.
@@ -273,6 +328,20 @@ def run(params: Params, workdir: Path, strict: bool | None = None) -> dict:
     """
     workdir = Path(workdir)
     strict = params.data.strict if strict is None else strict
+    remove_abandoned_staging(workdir / PREPARED_DIR)
+    with staged_directory(workdir / PREPARED_DIR) as out_dir:
+        scratch = out_dir / ".scratch"  # rows wait here between the checks and the manifest
+        scratch.mkdir()
+        prepared = _prepare_splits(params, workdir, strict, scratch)
+        summary = _write_prepared(params, strict, prepared, out_dir)
+        shutil.rmtree(scratch)
+    return summary
+
+
+def _prepare_splits(
+    params: Params, workdir: Path, strict: bool, scratch: Path
+) -> dict[str, tuple[PreparedSplit, Path]]:
+    """Every split validated (rows waiting in `scratch`), before anything is written."""
     boxes = params.evaluate.boxes
     prepared: dict[str, tuple[PreparedSplit, Path]] = {}
     for split in SPLITS:
@@ -297,12 +366,21 @@ def run(params: Params, workdir: Path, strict: bool | None = None) -> dict:
             detections=resolve(workdir, boxes) if use_boxes else None,
             det_score_thr=params.evaluate.det_score_thr,
             workers=min(16, 4 * (os.cpu_count() or 1)),
+            scratch=scratch,
         )
         result.report.update(annotations=str(annotations), image_root=str(image_root))
         if use_boxes:  # paths as the user gave them, so the report does not depend on workdir
             result.report["detections"]["file"] = str(boxes)
         _check_survivors(split, annotations, image_root, result.report)
         prepared[split] = (result, image_root)
+    return prepared
+
+
+def _write_prepared(
+    params: Params, strict: bool, prepared: dict[str, tuple[PreparedSplit, Path]], out_dir: Path
+) -> dict:
+    """The manifests and report.json, in the staging folder."""
+    boxes = params.evaluate.boxes
     report = {
         "schema_version": SCHEMA_VERSION,
         "source": params.data.source,
@@ -311,17 +389,15 @@ def run(params: Params, workdir: Path, strict: bool | None = None) -> dict:
         "splits": {split: result.report for split, (result, _) in prepared.items()},
     }
     summary: dict = {}
-    remove_abandoned_staging(workdir / PREPARED_DIR)
-    with staged_directory(workdir / PREPARED_DIR) as out_dir:
-        for split, (result, image_root) in prepared.items():
-            write_manifest(result.rows, out_dir / f"{split}.parquet", image_root=image_root)
-            summary[split] = len(result.rows)
-            summary[f"{split}_skipped"] = sum(e["count"] for e in result.report["skipped"].values())
-        if boxes is not None:
-            result, image_root = prepared["val"]
-            write_manifest(result.det_rows, out_dir / "val_det.parquet", image_root=image_root)
-            summary["val_det"] = len(result.det_rows)
-        (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    for split, (result, image_root) in prepared.items():
+        write_manifest(result.kept.batches(), out_dir / f"{split}.parquet", image_root)
+        summary[split] = result.kept.count
+        summary[f"{split}_skipped"] = sum(e["count"] for e in result.report["skipped"].values())
+    if boxes is not None:
+        result, image_root = prepared["val"]
+        write_manifest(result.det_rows, out_dir / "val_det.parquet", image_root=image_root)
+        summary["val_det"] = len(result.det_rows)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return summary
 
 

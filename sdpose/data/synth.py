@@ -3,9 +3,11 @@
 Writes `data/raw/synth/images/*.jpg` and `annotations/person_keypoints_{train,val}.json`
 with COCO's schema and person category. Each image is seeded from (seed, split, index)
 alone, so the output is the same for any number of worker processes; generation runs on a
-process pool over chunks of image indices. The whole tree is built under a temporary name
-and swapped in at the end (`sdpose.core.paths.staged_directory`), so an interrupted run
-never leaves a complete-looking dataset.
+process pool over chunks of image indices, and the annotation files are streamed to disk
+as chunks come back (`coco_writer`), so memory does not grow with the count. The whole
+tree is built under a temporary name and swapped in at the end
+(`sdpose.core.paths.staged_directory`), so an interrupted run never leaves a
+complete-looking dataset.
 
 Labelling choices (documented because COCO's guide leaves room): v=2 visible, v=1 inside
 the image but hidden by another person, an object or the person's own trunk, v=0 at (0, 0)
@@ -19,12 +21,14 @@ keypoint. Coordinates follow OpenCV's pixel centres (pixel i covers [i - 0.5, i 
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -32,6 +36,7 @@ import numpy as np
 from sdpose.config import Params
 from sdpose.core.keypoints import PERSON_CATEGORY
 from sdpose.core.paths import SYNTH_DIR, staged_directory
+from sdpose.data.coco_writer import CocoJsonWriter
 from sdpose.data.synth_scene import render_scene
 
 SPLIT_CODES = {"train": 0, "val": 1}
@@ -86,7 +91,7 @@ def _generate_chunk(args: tuple) -> list[tuple[dict, list[dict]]]:
     return [generate_image(seed, split, i, size, scene, images_dir) for i in indices]
 
 
-def generate_splits(
+def generated_images(
     counts: dict[str, int],
     *,
     seed: int,
@@ -96,9 +101,13 @@ def generate_splits(
     workers: int = 1,
     occluders: bool = True,
     clutter: bool = True,
-) -> dict[str, dict]:
-    """All images of the given splits -> split -> COCO annotation dict (images in index
-    order). One process pool serves every split, so workers start only once."""
+) -> Iterator[tuple[str, dict, list[dict]]]:
+    """(split, image record, annotations) of every image, in split and index order.
+
+    The images are drawn and written by a pool of `workers` processes (one pool for every
+    split, so workers start once); records come back chunk by chunk as the pool finishes
+    them, so a caller that writes them out holds a few chunks, not the dataset.
+    """
     images_dir.mkdir(parents=True, exist_ok=True)
     scene = SceneOptions(max_people, occluders, clutter)
     chunks = [
@@ -106,32 +115,70 @@ def generate_splits(
         for split, count in counts.items()
         for start in range(0, count, CHUNK)
     ]
-    if workers <= 1 or len(chunks) == 1:
-        results = [_generate_chunk(chunk) for chunk in chunks]
-    else:
-        # spawn: safe inside threaded callers (Prefect, Ray drivers), unlike fork
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            results = list(pool.map(_generate_chunk, chunks))
-    documents = {}
-    for split in counts:
-        done = [
-            item
-            for chunk, items in zip(chunks, results, strict=True)
-            if chunk[1] == split
-            for item in items
-        ]
-        annotations = [ann for _, anns in done for ann in anns]
-        documents[split] = coco_document(split, [record for record, _ in done], annotations)
-    return documents
+    if workers <= 1 or len(chunks) <= 1:
+        for chunk in chunks:
+            yield from ((chunk[1], record, anns) for record, anns in _generate_chunk(chunk))
+        return
+    # spawn: safe inside threaded callers (Prefect, Ray drivers), unlike fork
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        for chunk, items in zip(chunks, pool.map(_generate_chunk, chunks), strict=True):
+            yield from ((chunk[1], record, anns) for record, anns in items)
+
+
+def generate_splits(counts: dict[str, int], **settings) -> dict[str, dict]:
+    """All images of the given splits -> split -> COCO annotation dict, held in memory
+    (small sets; the stage streams them to disk with `write_splits`). Settings as for
+    `generated_images`."""
+    records: dict[str, tuple[list[dict], list[dict]]] = {split: ([], []) for split in counts}
+    for split, record, people in generated_images(counts, **settings):
+        records[split][0].append(record)
+        records[split][1].extend(people)
+    return {split: coco_document(split, *found) for split, found in records.items()}
 
 
 def generate_split(split: str, count: int, **settings) -> dict:
-    """One split's COCO annotation dict; settings as for `generate_splits`."""
+    """One split's COCO annotation dict; settings as for `generated_images`."""
     return generate_splits({split: count}, **settings)[split]
+
+
+def write_splits(
+    counts: dict[str, int], annotations_dir: Path, **settings
+) -> dict[str, tuple[int, int]]:
+    """Draw the splits and stream each into `person_keypoints_<split>.json` there.
+
+    Returns split -> (images, annotations). Memory stays that of a few chunks of records
+    at any size (COCO train2017's count included); settings as for `generated_images`.
+    """
+    annotations_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        writers = {
+            split: stack.enter_context(
+                CocoJsonWriter(
+                    annotations_dir / f"person_keypoints_{split}.json",
+                    **_document_parts(split),
+                )
+            )
+            for split in counts
+        }
+        for split, record, people in generated_images(counts, **settings):
+            writers[split].add(record, people)
+    return {split: (writer.images, writer.annotations) for split, writer in writers.items()}
 
 
 def coco_document(split: str, images: list[dict], annotations: list[dict]) -> dict:
     """The top-level structure of COCO's person_keypoints_*.json."""
+    parts = _document_parts(split)
+    return {
+        "info": parts["info"],
+        "licenses": parts["licenses"],
+        "images": images,
+        "annotations": annotations,
+        "categories": parts["categories"],
+    }
+
+
+def _document_parts(split: str) -> dict[str, Any]:
+    """Everything of the document but its images and annotations."""
     return {
         "info": {
             "description": f"sdpose synthetic people ({split})",
@@ -140,8 +187,6 @@ def coco_document(split: str, images: list[dict], annotations: list[dict]) -> di
             "contributor": "sdpose",
         },
         "licenses": [{"id": 0, "name": "generated by sdpose", "url": ""}],
-        "images": images,
-        "annotations": annotations,
         "categories": [PERSON_CATEGORY],
     }
 
@@ -162,8 +207,9 @@ def run(params: Params, workdir: Path) -> dict:
     workers = default_workers(settings.workers)
     summary: dict = {"workers": workers}
     with staged_directory(Path(workdir) / SYNTH_DIR) as staging:
-        documents = generate_splits(
+        written = write_splits(
             {"train": settings.train_images, "val": settings.val_images},
+            staging / "annotations",
             seed=settings.seed,
             size=tuple(settings.image_size),
             max_people=settings.max_people,
@@ -172,10 +218,7 @@ def run(params: Params, workdir: Path) -> dict:
             occluders=settings.occluders,
             clutter=settings.clutter,
         )
-        (staging / "annotations").mkdir()
-        for split, document in documents.items():
-            path = staging / "annotations" / f"person_keypoints_{split}.json"
-            path.write_text(json.dumps(document, separators=(",", ":")))
-            summary[f"{split}_images"] = len(document["images"])
-            summary[f"{split}_people"] = len(document["annotations"])
+        for split, (images, people) in written.items():
+            summary[f"{split}_images"] = images
+            summary[f"{split}_people"] = people
     return summary

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from shared import COCO_SAMPLE
 
@@ -240,26 +239,26 @@ def test_a_crash_while_writing_leaves_no_complete_looking_manifest(tmp_path, mon
     _coco_tree(tmp_path / "coco")
     params = _params(data={"source": "coco", "root": "coco"})
     out = tmp_path / "data" / "prepared"
-    real_write = pq.write_table
+    real_write = prepare.write_manifest
     calls = []
 
-    def crash_on_second_file(table, where, *args, **kwargs):
+    def crash_on_second_file(rows, where, *args, **kwargs):
         calls.append(where)
         if len(calls) == 2:  # train written, val half-written
             Path(where).write_bytes(b"PAR1 half a file")
             raise OSError("disk full")
-        return real_write(table, where, *args, **kwargs)
+        return real_write(rows, where, *args, **kwargs)
 
-    monkeypatch.setattr(pq, "write_table", crash_on_second_file)
+    monkeypatch.setattr(prepare, "write_manifest", crash_on_second_file)
     with pytest.raises(OSError, match="disk full"):
         prepare.run(params, tmp_path)
     assert not out.exists(), "no manifest from a crashed first run"
 
-    monkeypatch.setattr(pq, "write_table", real_write)
+    monkeypatch.setattr(prepare, "write_manifest", real_write)
     prepare.run(params, tmp_path)
     before = {path.name: path.read_bytes() for path in out.iterdir()}
     calls.clear()
-    monkeypatch.setattr(pq, "write_table", crash_on_second_file)
+    monkeypatch.setattr(prepare, "write_manifest", crash_on_second_file)
     with pytest.raises(OSError, match="disk full"):
         prepare.run(params, tmp_path)
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before

@@ -214,7 +214,7 @@ def test_an_interrupted_run_keeps_the_previous_dataset(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synth, "generate_splits", interrupted)
+    monkeypatch.setattr(synth, "write_splits", interrupted)
     with pytest.raises(KeyboardInterrupt):
         synth.run(params, tmp_path)
     assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before
