@@ -8,6 +8,7 @@ record is skipped and reported by reason in `report.json`, or raised in strict m
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -50,6 +51,9 @@ from sdpose.data.manifest import SCHEMA_VERSION, write_manifest
 from sdpose.data.screening import AnnotationScreen, Findings, RowSpool
 
 SPLITS = ("train", "val")
+MALLOC_ARENAS = 2  # see limit_malloc_arenas
+M_ARENA_MAX = -8  # glibc mallopt parameter number
+IMAGE_CHECK_BATCH = 1024  # images in flight on the checking threads
 IMAGE_FIELDS = ("id", "file_name", "width", "height")  # all a manifest row needs of an image
 
 
@@ -239,13 +243,31 @@ def check_images(
     Decoding runs on threads (OpenCV releases the GIL) at 1/8 resolution: enough to prove
     the file decodes and has the recorded size, at a fraction of a full decode's cost.
     """
+    problems: dict[int, tuple[str, str]] = {}
+    limit_malloc_arenas(MALLOC_ARENAS)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        found = pool.map(lambda image: _image_problem(image, image_root), records)
-        return {
-            image["id"]: problem
-            for image, problem in zip(records, found, strict=True)
-            if problem is not None
-        }
+        for start in range(0, len(records), IMAGE_CHECK_BATCH):  # futures of one batch at a time
+            batch = records[start : start + IMAGE_CHECK_BATCH]
+            found = pool.map(lambda image: _image_problem(image, image_root), batch)
+            for image, problem in zip(batch, found, strict=True):
+                if problem is not None:
+                    problems[image["id"]] = problem
+    return problems
+
+
+def limit_malloc_arenas(arenas: int) -> None:
+    """Cap glibc's malloc arenas for the threads started after this call.
+
+    Every decoding thread otherwise gets an arena of its own, and each keeps the freed
+    buffers of the files it read: at COCO size (57k images, 8 threads) prepare's RSS grew
+    to 610 MB against 207 MB at 1/16 of it; with 2 arenas it stays at 238 MB. Elsewhere
+    than glibc this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_ARENA_MAX, arenas)
+    except (OSError, AttributeError):
+        pass
 
 
 def _image_problem(image: dict, image_root: Path) -> tuple[str, str] | None:
