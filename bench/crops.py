@@ -25,19 +25,17 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pyarrow.parquet as pq
+from measure import CPUS, Meter, PeakMemory, training_meter, tree_pss_mb
 
 from sdpose.config import Params
 from sdpose.data import crop_rows, crops, feed
 from sdpose.data.manifest import write_manifest
 
-CPUS = 2
 IMAGE_W, IMAGE_H = 640, 480
 UNIQUE_IMAGES = 500
 OBJECT_STORE_MB = 1024  # memory runs only
@@ -101,23 +99,6 @@ def person_row(rng: np.random.Generator, image_id: int, ann_id: int, name: str) 
 
 
 # --------------------------------------------------------------------------- throughput
-class Meter:
-    """Wall seconds and CPU seconds of this process tree (driver, Ray services, workers).
-
-    CPU seconds do not depend on what else runs on the machine: with C_loop and C_ray for
-    the same work, two idle cores would give the Ray stage at most 2 * C_loop / C_ray the
-    loop's rate. Wall time is what a user sees; on a shared machine it understates Ray.
-    """
-
-    def __enter__(self) -> Meter:
-        self.cpu, self.wall = -tree_cpu_seconds(), -time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cpu += tree_cpu_seconds()
-        self.wall += time.perf_counter()
-
-
 def opencv_loop(workdir: Path, params: Params, out: Path) -> int:
     """The baseline: one process, image by image, same crop function, same shard size."""
     rows = 0
@@ -145,100 +126,7 @@ def feed_epoch(workdir: Path, params: Params, epoch: int) -> int:
     return samples
 
 
-def training_meter(preset: str = "sdpose-t", batch: int = 32, steps: int = 3) -> Meter:
-    """Wall and CPU time of `steps` full training steps of `preset`, after a warm-up step."""
-    import torch
-
-    from sdpose.models import build_model
-    from sdpose.training.losses import DistillationLoss
-
-    torch.set_num_threads(CPUS)
-    model = build_model(preset).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = DistillationLoss()
-    images = torch.randn(batch, 3, *model.config.input_size)
-    target, weight = torch.rand(batch, 17, *model.config.heatmap_size), torch.ones(batch, 17)
-
-    def step() -> None:
-        loss = loss_fn(model(images), target, weight)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    step()
-    with Meter() as meter:
-        for _ in range(steps):
-            step()
-    return meter
-
-
-def tree_cpu_seconds(root_pid: int | None = None) -> float:
-    """User + system CPU seconds of a process and its living descendants."""
-    import psutil
-
-    root = psutil.Process(root_pid or os.getpid())
-    total = 0.0
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
-
-
 # --------------------------------------------------------------------------- memory
-def tree_pss_mb(root_pid: int) -> tuple[float, float]:
-    """(all, object store) proportional set size of a process tree, MB.
-
-    PSS splits shared pages between the processes that map them, so the sum over the tree
-    counts the object store (Ray's /dev/shm/plasma* arena) and shared libraries once.
-    """
-    import psutil
-
-    try:
-        root = psutil.Process(root_pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0, 0.0
-    total = store = 0
-    for process in processes:
-        try:
-            with open(f"/proc/{process.pid}/smaps") as smaps:
-                in_store = False
-                for line in smaps:
-                    if not line[0].isupper():  # a mapping's header line: "addr perms ... path"
-                        in_store = "/dev/shm/plasma" in line
-                    elif line.startswith("Pss:"):
-                        kilobytes = int(line.split()[1])
-                        total += kilobytes
-                        store += kilobytes if in_store else 0
-        except OSError:
-            continue
-    return total / 1024, store / 1024
-
-
-class PeakMemory:
-    """Samples tree_pss_mb of this process every 0.3 s in a thread; peaks in MB."""
-
-    def __enter__(self) -> PeakMemory:
-        self.peak = self.store = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            total, store = tree_pss_mb(os.getpid())
-            self.peak, self.store = max(self.peak, total), max(self.store, store)
-            self._stop.wait(0.3)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def memory_child(instances: int) -> None:
     """Run in a fresh process: peak memory of the crops stage, then of one feed epoch.
 
