@@ -102,13 +102,16 @@ def test_ray_store_and_spill_keep_their_peaks():
 
 
 def result(size: str, full: bool, prepare: float, crops: float, rss: dict[str, float],
-           feed: float, step: float, status: float) -> dict:  # fmt: skip
+           feed: float, step: float, status: float, bad: dict | None = None) -> dict:  # fmt: skip
     """The figures of one size that the goals read."""
-    stages = [{"stage": "prepare", "stage_s_per_1k": prepare, "peak_rss_mb": rss},
+    stages = [{"stage": "prepare", "stage_s_per_1k": prepare, "peak_rss_mb": rss,
+               "stage_wall_s": 10.0},
               {"stage": "crops", "stage_s_per_1k": crops, "peak_rss_mb": rss}]  # fmt: skip
+    bad_record = {"ann_id": 7, "reported": True, "kept": 99, "kept_clean": 100, "wall_s": 10.5,
+                  "strict_exit": 2, "strict_named": True, **(bad or {})}  # fmt: skip
     return {"size": size, "full": full, "stages": stages, "dvc_status_s": status,
             "feed": {"samples_per_s": feed, "peak_rss_mb": {}},
-            "step": {"samples_per_s": step}}  # fmt: skip
+            "step": {"samples_per_s": step}, "bad_record": bad_record}  # fmt: skip
 
 
 def test_goals_pass_when_costs_stay_flat_and_the_feed_keeps_up():
@@ -131,6 +134,22 @@ def test_goals_fail_on_growth_a_slow_feed_and_a_slow_status():
     assert verdicts["feed vs sdpose-t step"].passed is False  # 1.6x < 2x
     assert verdicts["dvc status"].line().startswith("dvc status: 31.0 s (goal < 30 s) FAIL")
     assert verdicts["dvc status"].line().endswith("at 1/4; not run at full size")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"reported": False},  # the record was not named in the report
+        {"kept": 90},  # good rows went with it
+        {"wall_s": 25.0},  # 2.5x the clean prepare: the file was read again
+        {"strict_exit": 1, "strict_named": False},  # strict mode did not name it
+    ],
+)
+def test_the_corrupt_record_goal_fails_on_each_fault(bad):
+    small = result("1/16", False, 1, 1, {}, 1, 1, 1)
+    assert scale.bad_record_goal([small, result("1", True, 1, 1, {}, 1, 1, 1)]).passed is True
+    verdict = scale.bad_record_goal([small, result("1", True, 1, 1, {}, 1, 1, 1, bad)])
+    assert verdict.passed is False
 
 
 def test_a_role_over_4_gib_fails_however_flat_it_is():
