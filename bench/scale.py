@@ -562,7 +562,10 @@ def measure_train(source: Path, workdir: Path, args: argparse.Namespace, env: di
 
 # --------------------------------------------------------------------------- children
 def feed_child(workdir: Path, samples: int) -> dict[str, Any]:
-    """In a fresh process: `samples` streamed train samples after a warm-up, Ray on CPUS."""
+    """In a fresh process: `samples` streamed train samples after a warm-up, Ray on CPUS;
+    then a pass whose first PACED_BATCHES batches are taken at a trainer's pace (PACE_S
+    each), so that the object store peak shows the feed's read-ahead against its budget
+    (`ray.feed_memory_mb`) rather than a consumer that empties it at once."""
     import ray
 
     from sdpose.config import load_params
@@ -578,12 +581,21 @@ def feed_child(workdir: Path, samples: int) -> dict[str, Any]:
             next(sizes)
         with Meter() as meter:
             counted = sum(sizes)
+        paced = feed_batches(feed.train_dataset(params, workdir, 1), PACED_LIMIT)
+        for index, _ in enumerate(paced):  # a trainer's pace: the feed reads ahead meanwhile
+            if index < PACED_BATCHES:
+                time.sleep(PACE_S)
     finally:
         ray.shutdown()
     return {"samples": counted, "samples_per_s": round(counted / meter.wall, 2),
+            "feed_memory_mb": params.ray.feed_memory_mb,
             "cpu_ms_per_sample": round(1000 * meter.cpu / counted, 2),
             "wall_s": round(meter.wall, 2), "cpu_s": round(meter.cpu, 2),
             "streaming": True}  # fmt: skip
+
+
+PACED_BATCHES, PACE_S = 40, 0.25
+PACED_LIMIT = 4096  # ~1.4 GB of augmented samples: more than the read-ahead budget
 
 
 def feed_batches(dataset: Any, total: int) -> Iterator[int]:

@@ -208,6 +208,10 @@ class RayParams(_Section):
     # loopback, so nothing is reachable from the network; a head other machines should
     # join is `ray start --head` (or this set to the machine's address), joined with "auto"
     node_ip: str = Field("127.0.0.1", min_length=1)
+    # the train feed's read-ahead: object store memory its Ray Data pipeline may fill ahead
+    # of the trainers (augmented samples are ~0.36 MB each at 256x192); Ray's own default is
+    # half the node's object store, several GB that a fast feed fills whatever the step's pace
+    feed_memory_mb: StrictInt = Field(512, ge=64)
 
 
 class RegistryParams(_Section):

@@ -129,7 +129,18 @@ def train_dataset(params: Params, workdir: Path, epoch: int = 0) -> ray.data.Dat
             "codec": codec,
         },
     )
+    ds.context.execution_options = ingest_options(params)
     return _small_block_bytes(ds)
+
+
+def ingest_options(params: Params) -> ray.data.ExecutionOptions:
+    """Ray Data's options for the train feed: at most `ray.feed_memory_mb` of object store
+    ahead of the trainers. Ray Train replaces a dataset's options with its own unless
+    given these (`DataConfig(execution_options=...)`), so the launcher passes them too."""
+    from ray.data import ExecutionOptions, ExecutionResources  # lazy: see the note on Ray
+
+    budget = ExecutionResources.for_limits(object_store_memory=params.ray.feed_memory_mb << 20)
+    return ExecutionOptions(resource_limits=budget)
 
 
 def _train_rows(shards: list[str], seed: int) -> ray.data.Dataset:

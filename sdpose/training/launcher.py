@@ -187,7 +187,10 @@ def build_trainer(
             "train": feed.train_dataset(params, workdir, epoch=first_epoch),
             "val": feed.validation_feed(params, workdir),
         },
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(
+            datasets_to_split=["train"],
+            execution_options={"train": feed.ingest_options(params)},  # the read-ahead budget
+        ),
     )
 
 
