@@ -108,7 +108,8 @@ def result(size: str, full: bool, prepare: float, crops: float, rss: dict[str, f
                "stage_wall_s": 10.0},
               {"stage": "crops", "stage_s_per_1k": crops, "peak_rss_mb": rss}]  # fmt: skip
     bad_record = {"ann_id": 7, "reported": True, "kept": 99, "kept_clean": 100, "wall_s": 10.5,
-                  "strict_exit": 2, "strict_named": True, **(bad or {})}  # fmt: skip
+                  "strict_exit": 2, "strict_named": True, "clean_wall_s": 10.0,
+                  **(bad or {})}  # fmt: skip
     return {"size": size, "full": full, "stages": stages, "dvc_status_s": status,
             "feed": {"samples_per_s": feed, "peak_rss_mb": {}},
             "step": {"samples_per_s": step}, "bad_record": bad_record}  # fmt: skip
