@@ -119,7 +119,7 @@ def test_a_corrupt_record_among_many_is_skipped_in_one_pass(tmp_path, monkeypatc
     document = json.loads(ANNOTATIONS.read_text())
     template = next(a for a in document["annotations"] if a["num_keypoints"] > 0)
     document["annotations"] = [{**template, "id": 10_000 + i} for i in range(3000)]
-    document["annotations"][1717]["keypoints"] = template["keypoints"][:-3] + ["x", 0, 2]
+    document["annotations"][1717]["keypoints"] = [*template["keypoints"][:-3], "x", 0, 2]
     path = tmp_path / "many.json"
     path.write_text(json.dumps(document))
     reads = []
