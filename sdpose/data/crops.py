@@ -46,7 +46,13 @@ from sdpose.data.crop_rows import (
     crop_rows,
     max_box_height,
 )
-from sdpose.data.manifest import META_IMAGE_ROOT, META_VERSION, SCHEMA_VERSION, ManifestError
+from sdpose.data.manifest import (
+    META_IMAGE_ROOT,
+    META_VERSION,
+    SCHEMA_VERSION,
+    ManifestError,
+    read_rows,
+)
 from sdpose.ray_runtime import ray_session
 
 SPLITS = ("train", "val", "val_det")  # val_det only when prepare wrote detector boxes
@@ -63,20 +69,24 @@ def crop_split(manifest: Path, image_root: Path, out_dir: Path, skip_dir: Path,
     """One split through Ray Data: image-aligned manifest blocks -> crop -> Parquet shards.
 
     Ray Data's groupby would shuffle every row through all-to-all tasks to keep an image's
-    people together; a manifest row is ~250 bytes, so sorting it here (35 MB at COCO size)
-    is far cheaper and just as exact. Each block holds whole images and at most
-    `rows_per_shard` rows; map and write fuse, so one task crops and writes one shard.
+    people together; sorting the image ids here (8 bytes a row, 1.2 MB at COCO size) is far
+    cheaper and just as exact. Each block is the positions of whole images' rows, at most
+    `rows_per_shard` of them; the task reads those rows itself (the row groups they sit in:
+    one or two for a manifest in image order), crops them and writes one shard (map and
+    write fuse).
     """
 
     blocks = image_aligned_blocks(manifest, params.rows_per_shard, _cluster_cpus())
     if not blocks:
         out_dir.mkdir(parents=True, exist_ok=True)  # an empty split is still a split
         return
-    ds = ray.data.from_arrow(blocks).map_batches(
+    positions = [pa.table({"position": block}) for block in blocks]
+    ds = ray.data.from_arrow(positions).map_batches(
         _crop_block,
         batch_size=None,  # a whole block: splitting it could split an image's people
         batch_format="pyarrow",
         fn_kwargs={
+            "manifest": str(manifest),
             "image_root": str(image_root),
             "params": params,
             "skip_dir": str(skip_dir),
@@ -100,26 +110,30 @@ def parquet_write_options(encoding: str) -> dict[str, Any]:
     return {"use_dictionary": others, "compression": compression}
 
 
-def image_aligned_blocks(manifest: Path, max_rows: int, num_cpus: int) -> list[pa.Table]:
-    """The manifest sorted by image, cut at image boundaries into blocks of <= max_rows rows.
+def image_aligned_blocks(manifest: Path, max_rows: int, num_cpus: int) -> list[np.ndarray]:
+    """Row positions of the manifest in image order, cut at image boundaries into blocks
+    of <= max_rows rows.
 
+    Only the `image_id` column is read here (8 bytes a row): each crop task reads its own
+    rows (`manifest.read_rows`), so the driver's memory does not follow the manifest.
     Blocks are made smaller when that is needed to give every CPU several of them; only an
     image with more than max_rows people makes a bigger block (its people stay together).
     """
-    table = pq.read_table(manifest, columns=MANIFEST_COLUMNS).sort_by("image_id")
-    if table.num_rows == 0:
+    image_ids = pq.read_table(manifest, columns=["image_id"]).column("image_id").to_numpy()
+    if image_ids.size == 0:
         return []
+    order = np.argsort(image_ids, kind="stable")
+    image_ids = image_ids[order]
     least_blocks = TASKS_PER_CPU * max(num_cpus, 1)
-    block_rows = max(1, min(max_rows, math.ceil(table.num_rows / least_blocks)))
-    image_ids = table.column("image_id").to_numpy()
+    block_rows = max(1, min(max_rows, math.ceil(image_ids.size / least_blocks)))
     image_starts = np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1]])
-    image_ends = np.r_[image_starts[1:], table.num_rows]
+    image_ends = np.r_[image_starts[1:], image_ids.size]
     blocks, start = [], 0
     for image_start, image_end in zip(image_starts[1:], image_ends[1:], strict=True):
         if image_end - start > block_rows:  # this image would overflow the block: cut before it
-            blocks.append(table.slice(start, image_start - start))
+            blocks.append(order[start:image_start])
             start = image_start
-    blocks.append(table.slice(start))
+    blocks.append(order[start:])
     return blocks
 
 
@@ -129,13 +143,20 @@ def _cluster_cpus() -> int:
 
 
 def _crop_block(
-    rows: pa.Table, image_root: str, params: CropsParams, skip_dir: str, max_height: float
+    block: pa.Table,
+    manifest: str,
+    image_root: str,
+    params: CropsParams,
+    skip_dir: str,
+    max_height: float,
 ) -> pa.Table:
-    """Ray Data UDF: rows of whole images -> crop rows; skipped rows go to small JSON files.
+    """Ray Data UDF: manifest positions of whole images -> crop rows; skipped rows go to
+    small JSON files.
 
     A file per skipped row, named by its ann_id, so a retried task rewrites the same files.
     """
     cv2.setNumThreads(1)  # Ray runs one task per CPU: OpenCV's own threads would only fight
+    rows = read_rows(Path(manifest), block.column("position").to_numpy(), MANIFEST_COLUMNS)
     table, skipped = crop_rows(rows, Path(image_root), params, max_height)
     if skipped:
         Path(skip_dir).mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -82,3 +83,29 @@ def read_manifest(path: Path) -> tuple[pa.Table, Path]:
     if missing:
         raise ManifestError(f"{path}: manifest lacks the columns {missing}")
     return table, Path(meta.get(META_IMAGE_ROOT, b".").decode())
+
+
+def read_rows(path: Path, positions: np.ndarray, columns: list[str] | None = None) -> pa.Table:
+    """The rows at `positions` (0-based, any order) of a Parquet file, in that order.
+
+    Reads one row group at a time and keeps only the rows asked for, so gathering a block
+    costs the row groups it touches, not the file: one or two for a manifest in image
+    order (what `prepare` writes), more for one in another order.
+    """
+    source = pq.ParquetFile(path)
+    sizes = [source.metadata.row_group(i).num_rows for i in range(source.num_row_groups)]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    positions = np.asarray(positions, dtype=np.int64)
+    if positions.size and (positions.min() < 0 or positions.max() >= starts[-1]):
+        raise ManifestError(f"{path}: row positions outside its {starts[-1]} rows")
+    groups = np.searchsorted(starts, positions, side="right") - 1
+    pieces, order = [], []
+    for group in np.unique(groups):
+        wanted = np.flatnonzero(groups == group)
+        table = source.read_row_group(int(group), columns=columns)
+        pieces.append(table.take(pa.array(positions[wanted] - starts[group])))
+        order.append(wanted)
+    if not pieces:
+        return source.schema_arrow.empty_table().select(columns or source.schema_arrow.names)
+    gathered = pa.concat_tables(pieces)
+    return gathered.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))

@@ -347,7 +347,9 @@ def _write_prepared(
     }
     summary: dict = {}
     for split, (result, image_root) in prepared.items():
-        write_manifest(result.kept.batches(), out_dir / f"{split}.parquet", image_root)
+        # in image order: a crop task then reads one or two row groups (crops.py)
+        rows = result.kept.batches_by("image_id")
+        write_manifest(rows, out_dir / f"{split}.parquet", image_root)
         summary[split] = result.kept.count
         summary[f"{split}_skipped"] = sum(e["count"] for e in result.report["skipped"].values())
     if boxes is not None:

@@ -29,7 +29,7 @@ from sdpose.data.coco import (
     Issue,
     check_annotation,
 )
-from sdpose.data.manifest import SCHEMA
+from sdpose.data.manifest import SCHEMA, read_rows
 
 CANDIDATE = ""  # the provisional reason of a record that passed every check
 
@@ -195,3 +195,24 @@ class RowSpool:
         if self.spill is not None and self.spill.exists():
             yield from pq.ParquetFile(self.spill).iter_batches(batch_size=self.BATCH_ROWS)
         yield from self._batches
+
+    def batches_by(self, column: str) -> Iterator[pa.RecordBatch]:
+        """Every row ordered by `column` (stable), in batches of at most BATCH_ROWS.
+
+        Rows already in order stream as they are; otherwise only the column is held, and a
+        spilled spool gathers each batch from its row groups (`manifest.read_rows`).
+        """
+        keys = np.concatenate(
+            [batch.column(column).to_numpy() for batch in self.batches()] or [np.zeros(0)]
+        )
+        if keys.size < 2 or bool(np.all(keys[1:] >= keys[:-1])):
+            yield from self.batches()
+            return
+        order = np.argsort(keys, kind="stable")
+        if self.spill is None:
+            table = pa.Table.from_batches(list(self.batches()), schema=SCHEMA).take(order)
+            yield from table.to_batches(max_chunksize=self.BATCH_ROWS)
+            return
+        for start in range(0, order.size, self.BATCH_ROWS):
+            chunk = read_rows(self.spill, order[start : start + self.BATCH_ROWS])
+            yield from chunk.to_batches()
