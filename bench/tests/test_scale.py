@@ -131,7 +131,8 @@ def test_goals_fail_on_growth_a_slow_feed_and_a_slow_status():
     assert verdicts["prepare per-instance cost"].passed is False  # 1.3x > 1.25x
     assert verdicts["crops per-instance cost"].passed is True
     assert verdicts["peak RSS per role"].passed is False  # dvc 1.6x > 1.5x
-    assert "dvc 1.60x" in verdicts["peak RSS per role"].measured
+    rss = verdicts["peak RSS per role"].measured
+    assert "dvc 1.60x" in rss and "worst sdpose process prepare: ray worker 1.00x" in rss
     assert verdicts["feed vs sdpose-t step"].passed is False  # 1.6x < 2x
     assert verdicts["dvc status"].line().startswith("dvc status: 31.0 s (goal < 30 s) FAIL")
     assert verdicts["dvc status"].line().endswith("at 1/4; not run at full size")
