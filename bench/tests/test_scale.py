@@ -185,3 +185,12 @@ def test_a_size_params_are_the_coco_size_set_cut_for_sdpose_t():
     assert params["synth"]["train_images"] == 3537 and params["synth"]["val_images"] == 147
     assert params["synth"]["image_size"] == [640, 480] and params["synth"]["max_people"] == 5
     assert params["model"]["preset"] == "sdpose-t"
+
+
+def test_warming_the_page_cache_reads_every_byte_under_the_roots(tmp_path):
+    (tmp_path / "a" / "deep").mkdir(parents=True)
+    (tmp_path / "a" / "deep" / "x.jpg").write_bytes(b"1" * 3000)
+    (tmp_path / "a" / "y.json").write_bytes(b"2" * 70)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "z").write_bytes(b"3" * 5)
+    assert scale.warm_page_cache([tmp_path / "a", tmp_path / "b"], chunk=1024) == 3075
