@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from scale import stage_env
+
 COCO_SIZE_IMAGES = 58_945  # the COCO-size synthetic set: 56,599 train + 2,346 val images
 COCO_IMAGE_FILES = 123_287  # COCO's train2017 (118,287) + val2017 (5,000) folders
 PEAK_RSS = (
@@ -43,12 +45,11 @@ class Tracked:
     status_s: float
 
 
-def peak_rss(command: list[str], cwd: Path) -> tuple[float, float]:
+def peak_rss(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
     """Peak RSS (MB) of a command's largest process and its wall seconds.
 
     A fresh interpreter runs it, so RUSAGE_CHILDREN holds this command's peak alone."""
     start = time.perf_counter()
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}  # no daemon phoning home from a bench
     done = subprocess.run([sys.executable, "-c", PEAK_RSS, *command], cwd=cwd, check=True,
                           capture_output=True, text=True, env=env)  # fmt: skip
     wall = time.perf_counter() - start
@@ -66,10 +67,10 @@ def track(files: int, root: Path) -> Tracked:
     for i in range(files):
         (images / f"{i:012d}.jpg").write_bytes(os.urandom(64))
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    subprocess.run(["dvc", "init", "-q"], cwd=repo, check=True,
-                   env={**os.environ, "DVC_NO_ANALYTICS": "1"})  # fmt: skip
-    add_mb, add_s = peak_rss(["dvc", "add", "-q", "images"], repo)
-    status_mb, status_s = peak_rss(["dvc", "status", "-q"], repo)
+    env = stage_env(repo)  # the venv's dvc, no analytics, DVC's state inside the repo
+    subprocess.run(["dvc", "init", "-q"], cwd=repo, check=True, env=env)
+    add_mb, add_s = peak_rss(["dvc", "add", "-q", "images"], repo, env)
+    status_mb, status_s = peak_rss(["dvc", "status", "-q"], repo, env)
     counted = re.search(r"nfiles: (\d+)", (repo / "images.dvc").read_text())
     if counted is None or int(counted.group(1)) != files:
         raise RuntimeError(f"{repo / 'images.dvc'}: DVC did not track the {files} files")

@@ -52,6 +52,8 @@ OUTPUTS = {"synth": "data/raw/synth", "prepare": "data/prepared", "crops": "data
 RUN_RAY_ENV = "SDPOSE_RAY_ADDRESS"  # sdpose.ray_runtime: a stage would join that Ray
 RESULT_FILE = "scale-stages.json"  # a size's stage figures in its workdir, for --reuse
 FEED_BATCH, FEED_WARMUP_BATCHES = 32, 4
+PACED_BATCHES, PACE_S = 40, 0.25  # the feed's paced pass: a trainer's pace
+PACED_LIMIT = 4096  # ~1.4 GB of augmented samples: more than the read-ahead budget
 STEP_STEPS = 2  # an sdpose-t step of 32 takes ~13 s on two cores: two already average
 RATE_GOAL, RSS_GROWTH_GOAL, RSS_LIMIT_MB = 1.25, 1.5, 4096.0
 FEED_GOAL, STATUS_GOAL_S = 2.0, 30.0
@@ -617,10 +619,6 @@ def feed_child(workdir: Path, samples: int) -> dict[str, Any]:
             "cpu_ms_per_sample": round(1000 * meter.cpu / counted, 2),
             "wall_s": round(meter.wall, 2), "cpu_s": round(meter.cpu, 2),
             "streaming": True}  # fmt: skip
-
-
-PACED_BATCHES, PACE_S = 40, 0.25
-PACED_LIMIT = 4096  # ~1.4 GB of augmented samples: more than the read-ahead budget
 
 
 def feed_batches(dataset: Any, total: int) -> Iterator[int]:
